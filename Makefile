@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` (the main job end to end) and `make test`.
+export HF_HUB_OFFLINE := 1
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM := false
+VENV := .venv/bin
+MODEL := models/tiny-chat
+
+.PHONY: install model demo test test-fast lint bench
+
+install:
+	scripts/install.sh
+
+$(MODEL)/model.safetensors: | install
+	$(VENV)/python scripts/make_tiny_model.py $(MODEL)
+
+model: install $(MODEL)/model.safetensors
+
+demo: model
+	$(VENV)/batch-infer run examples/requests.jsonl --storage data \
+		--model $(MODEL) --served-model-name tiny-chat
+
+test: model
+	$(VENV)/python -m pytest
+
+test-fast: model
+	$(VENV)/python -m pytest -m "not slow"
+
+lint: install
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .

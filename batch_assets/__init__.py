@@ -1,0 +1,1 @@
+"""Dagster assets that turn an OpenAI-Batch JSONL upload into OpenAI-format result files."""

@@ -1,0 +1,138 @@
+"""``batch.json``: the OpenAI Batch object of one batch, and where a batch's files live."""
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from resources.storage import BatchStorage, ObjectInfo
+
+COMPLETION_WINDOW_S = 24 * 3600
+TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass(frozen=True)
+class BatchPaths:
+    """Storage keys of one batch (see the storage layout in the README)."""
+
+    batch_id: str
+
+    @property
+    def outbox(self) -> str:
+        return f"outbox/{self.batch_id}"
+
+    @property
+    def output(self) -> str:
+        return f"{self.outbox}/output.jsonl"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.outbox}/errors.jsonl"
+
+    @property
+    def batch_json(self) -> str:
+        return f"{self.outbox}/batch.json"
+
+    @property
+    def work(self) -> str:
+        return f"work/{self.batch_id}"
+
+    @property
+    def source(self) -> str:
+        return f"{self.work}/source.json"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.work}/manifest.json"
+
+    @property
+    def shards(self) -> str:
+        return f"{self.work}/requests"
+
+    @property
+    def line_errors(self) -> str:
+        return f"{self.work}/line_errors.parquet"
+
+    @property
+    def journal(self) -> str:
+        return f"{self.work}/journal"
+
+
+def batch_id_for(info: ObjectInfo) -> str:
+    """A batch id stable for one upload: the same object gives the same id, a re-upload not."""
+    digest = hashlib.sha256(f"{info.key}\n{info.version}".encode()).hexdigest()
+    return f"batch_{digest[:32]}"
+
+
+def new_batch_object(batch_id: str, input_key: str, created_at: int) -> dict[str, Any]:
+    paths = BatchPaths(batch_id)
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "",
+        "model": None,
+        "input_file_id": input_key,
+        "completion_window": "24h",
+        "status": "validating",
+        "output_file_id": None,
+        "error_file_id": None,
+        "errors": None,
+        "created_at": created_at,
+        "in_progress_at": None,
+        "expires_at": created_at + COMPLETION_WINDOW_S,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "usage": None,
+        "metadata": {"input": input_key, "outbox": paths.outbox},
+    }
+
+
+def read_batch(storage: BatchStorage, batch_id: str) -> dict[str, Any]:
+    return storage.read_json(BatchPaths(batch_id).batch_json)
+
+
+def update_batch(storage: BatchStorage, batch_id: str, **changes: Any) -> dict[str, Any]:
+    """Apply ``changes`` to batch.json; a new ``status`` also stamps its ``<status>_at``."""
+    batch = read_batch(storage, batch_id)
+    status = changes.get("status")
+    if status and status != batch["status"]:
+        stamp = {"in_progress": "in_progress_at", "finalizing": "finalizing_at"}.get(
+            status, f"{status}_at"
+        )
+        if stamp in batch and stamp not in changes:
+            changes[stamp] = int(time.time())
+    batch.update(changes)
+    storage.write_json(BatchPaths(batch_id).batch_json, batch)
+    return batch
+
+
+def fail_batch(
+    storage: BatchStorage, batch_id: str, code: str, message: str, line: int | None = None
+) -> dict[str, Any]:
+    """Mark the batch failed with one readable reason in ``errors``."""
+    error = {"code": code, "message": message, "param": None, "line": line}
+    return update_batch(
+        storage, batch_id, status="failed", errors={"object": "list", "data": [error]}
+    )
+
+
+def register_batch(storage: BatchStorage, input_key: str) -> str:
+    """Create the batch for an inbox object (idempotent) and return its id."""
+    info = storage.stat(input_key)
+    batch_id = batch_id_for(info)
+    paths = BatchPaths(batch_id)
+    if not storage.exists(paths.source):
+        storage.write_json(
+            paths.source,
+            {"key": info.key, "version": info.version, "size": info.size},
+        )
+    if not storage.exists(paths.batch_json):
+        storage.write_json(
+            paths.batch_json, new_batch_object(batch_id, input_key, int(time.time()))
+        )
+    return batch_id

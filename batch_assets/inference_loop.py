@@ -1,0 +1,165 @@
+"""Feed a batch's requests through one vLLM engine continuously and journal each as it finishes.
+
+The engine's scheduler always has a window of queued requests, so it batches continuously
+(no draining between fixed blocks); finished requests are turned into OpenAI response bodies
+and journaled after every engine step.
+"""
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch_assets.journal import JournalRecord, JournalWriter
+from resources.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
+from resources.vllm_to_openai import ResponseBuilder
+
+
+def response_id(batch_id: str, line: int) -> str:
+    """A stable id for a line's response, the same on every attempt."""
+    return hashlib.sha256(f"{batch_id}:{line}".encode()).hexdigest()[:24]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class LoopStats:
+    requests: int = 0  # lines answered (200 or 400) in this run
+    rejected: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.completion_tokens / self.wall_s if self.wall_s else 0.0
+
+
+@dataclass
+class _InFlight:
+    prepared: PreparedRequest
+    request_ids: list[str]
+    outputs: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class InferenceLoop:
+    llm: Any
+    requests: RequestBuilder
+    responses: ResponseBuilder
+    journal: JournalWriter
+    batch_id: str
+    endpoint: str
+    window: int
+    on_progress: Callable[[LoopStats], None] | None = None
+    progress_interval_s: float = 15.0
+
+    def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
+        """Answer every ``(line, body_json)`` of ``pending`` and journal the answers."""
+        engine = self.llm.llm_engine
+        stats = LoopStats()
+        in_flight: dict[int, _InFlight] = {}
+        queued = 0
+        source = iter(pending)
+        exhausted = False
+        started = last_report = time.monotonic()
+        try:
+            while True:
+                while not exhausted and queued < self.window:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    queued += self._submit(engine, *item, in_flight, stats)
+                if not engine.has_unfinished_requests():
+                    if exhausted:
+                        break
+                    continue
+                for output in engine.step():
+                    if not output.finished:
+                        continue
+                    queued -= 1
+                    line = int(output.request_id.split(".", 1)[0])
+                    state = in_flight[line]
+                    state.outputs.append(output)
+                    if len(state.outputs) == len(state.request_ids):
+                        del in_flight[line]
+                        self._answer(line, state, stats)
+                self.journal.flush()
+                now = time.monotonic()
+                if self.on_progress and now - last_report >= self.progress_interval_s:
+                    stats.wall_s = now - started
+                    self.on_progress(stats)
+                    last_report = now
+        finally:
+            if in_flight:  # failed mid-way: leave the engine clean for a kept-alive reuse
+                engine.abort_request(
+                    [r for s in in_flight.values() for r in s.request_ids], internal=True
+                )
+            self.journal.flush()
+        stats.wall_s = time.monotonic() - started
+        return stats
+
+    def _reject(self, line: int, error: RequestRejected, stats: LoopStats) -> None:
+        self.journal.write(JournalRecord(line, 400, 0, 0, 0, dumps(error.error_body())))
+        stats.requests += 1
+        stats.rejected += 1
+
+    def _submit(
+        self,
+        engine: Any,
+        line: int,
+        body_json: str,
+        in_flight: dict[int, _InFlight],
+        stats: LoopStats,
+    ) -> int:
+        """Add one line's engine requests; returns how many were queued."""
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            prepared = self.requests.prepare(self.endpoint, json.loads(body_json))
+        except RequestRejected as error:
+            self._reject(line, error, stats)
+            return 0
+        request_ids = [f"{line}.{k}" for k in range(len(prepared.inputs))]
+        added: list[str] = []
+        try:
+            for request_id, engine_input, params in zip(
+                request_ids, prepared.inputs, prepared.params, strict=True
+            ):
+                engine.add_request(request_id, engine_input, params)
+                added.append(request_id)
+        except (VLLMValidationError, ValueError, TypeError) as exc:
+            if added:
+                engine.abort_request(added, internal=True)
+            param = getattr(exc, "parameter", None)
+            self._reject(line, RequestRejected(str(exc), param), stats)
+            return 0
+        in_flight[line] = _InFlight(prepared, request_ids)
+        return len(request_ids)
+
+    def _answer(self, line: int, state: _InFlight, stats: LoopStats) -> None:
+        order = {rid: k for k, rid in enumerate(state.request_ids)}
+        outputs = sorted(state.outputs, key=lambda o: order[o.request_id])
+        body = self.responses.build(
+            state.prepared, outputs, response_id(self.batch_id, line), int(time.time())
+        )
+        usage = body["usage"]
+        completion = usage.get("completion_tokens", 0)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        self.journal.write(
+            JournalRecord(line, 200, usage["prompt_tokens"], completion, cached, dumps(body))
+        )
+        stats.requests += 1
+        stats.prompt_tokens += usage["prompt_tokens"]
+        stats.completion_tokens += completion
+        stats.cached_tokens += cached

@@ -1,0 +1,100 @@
+"""The input asset: validate an uploaded JSONL file into request shards and line errors."""
+
+import dagster as dg
+from pydantic import Field
+
+from batch_assets.batch_object import BatchPaths, fail_batch, update_batch
+from batch_assets.partitions import batch_partitions
+from batch_assets.validation import FileRejected, Limits, validate_input, write_manifest
+from resources.storage import BatchStorage
+from resources.vllm_engine import VLLMEngine
+
+
+class InputLimits(dg.Config):
+    """Per-file limits; a file over them fails its batch with a readable reason."""
+
+    max_line_bytes: int = Field(default=4 << 20, description="Longest accepted line, in bytes.")
+    max_lines: int = Field(default=1_000_000, description="Most requests in one file.")
+    max_file_bytes: int = Field(default=8 << 30, description="Largest accepted file, in bytes.")
+    shard_rows: int = Field(default=10_000, description="Requests per parquet shard.")
+
+
+@dg.asset(
+    partitions_def=batch_partitions,
+    group_name="batch",
+    kinds={"python", "parquet"},
+    description="The uploaded JSONL file, validated line by line into request shards.",
+)
+def batch_input(
+    context: dg.AssetExecutionContext,
+    config: InputLimits,
+    storage: BatchStorage,
+    engine: VLLMEngine,
+) -> dg.MaterializeResult:
+    batch_id = context.partition_key
+    paths = BatchPaths(batch_id)
+    source = storage.read_json(paths.source)
+    if storage.exists(paths.manifest):
+        manifest = storage.read_json(paths.manifest)
+        if manifest["source"] == source:
+            context.log.info("batch %s already validated; reusing its shards", batch_id)
+            return _result(manifest, storage, paths, reused=True)
+    if (
+        not storage.exists(source["key"])
+        or storage.stat(source["key"]).version != source["version"]
+    ):
+        fail_batch(
+            storage,
+            batch_id,
+            "input_changed",
+            f"{source['key']} was removed or replaced after this batch was created; "
+            "the new upload is a batch of its own",
+        )
+        raise dg.Failure(f"input {source['key']} changed after batch {batch_id} was created")
+    limits = Limits(
+        config.max_line_bytes, config.max_lines, config.max_file_bytes, config.shard_rows
+    )
+    try:
+        report = validate_input(
+            storage, source["key"], paths, set(engine.served_model_names), limits
+        )
+    except FileRejected as rejected:
+        fail_batch(storage, batch_id, rejected.code, rejected.message, rejected.line)
+        raise dg.Failure(
+            description=f"batch {batch_id} failed validation: {rejected.message}",
+            metadata={"code": rejected.code, "input": source["key"]},
+        ) from rejected
+    manifest = write_manifest(storage, paths, source, report)
+    update_batch(
+        storage,
+        batch_id,
+        endpoint=report.endpoint,
+        model=engine.served_model_names[0],
+        request_counts={
+            "total": report.valid + report.invalid,
+            "completed": 0,
+            "failed": report.invalid,
+        },
+    )
+    return _result(manifest, storage, paths, reused=False)
+
+
+def _result(
+    manifest: dict, storage: BatchStorage, paths: BatchPaths, reused: bool
+) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={
+            "input": manifest["source"]["key"],
+            "lines": manifest["lines"],
+            "valid": manifest["requests"],
+            "invalid": manifest["invalid"],
+            "blank_lines": manifest["blank_lines"],
+            "endpoint": manifest["endpoint"],
+            "models": dg.MetadataValue.json(manifest["models"]),
+            "error_codes": dg.MetadataValue.json(manifest["error_codes"]),
+            "est_prompt_tokens": manifest["est_prompt_tokens"],
+            "shards": len(manifest["shards"]),
+            "work_area": dg.MetadataValue.path(f"{storage.uri}/{paths.work}"),
+            "reused": reused,
+        }
+    )

@@ -1,0 +1,199 @@
+"""The result asset: output.jsonl, errors.jsonl and batch.json in the outbox, in input order."""
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from batch_assets.batch_object import BatchPaths, read_batch, update_batch
+from batch_assets.inference_loop import dumps, response_id
+from batch_assets.inference_run import batch_inference
+from batch_assets.journal import JournalRecord, read_journal
+from batch_assets.partitions import batch_partitions
+from resources.storage import BatchStorage
+
+ACCOUNTED = "every_line_accounted_for"
+UNIQUE_IDS = "no_duplicate_custom_id_in_output"
+
+
+def success_line(batch_id: str, line: int, custom_id: str, record: JournalRecord) -> str:
+    rid = response_id(batch_id, line)
+    return (
+        f'{{"id":"batch_req_{rid}","custom_id":{dumps(custom_id)},"response":'
+        f'{{"status_code":{record.status_code},"request_id":"req_{rid}","body":'
+        f'{record.body}}},"error":null}}\n'
+    )
+
+
+def line_error_line(
+    batch_id: str, line: int, custom_id: str | None, code: str, message: str
+) -> str:
+    return (
+        dumps(
+            {
+                "id": f"batch_req_{response_id(batch_id, line)}",
+                "custom_id": custom_id,
+                "response": None,
+                "error": {"code": code, "message": message, "line": line},
+            }
+        )
+        + "\n"
+    )
+
+
+def _answers(
+    storage: BatchStorage,
+    paths: BatchPaths,
+    manifest: dict[str, Any],
+    journal: dict[int, JournalRecord],
+) -> Iterator[tuple[int, bool, str]]:
+    """``(line, ok, output_line)`` for every non-blank input line, in input order."""
+    with storage.open_read(paths.line_errors) as stream:
+        errors = pl.read_parquet(stream).iter_rows()
+    next_error = next(errors, None)
+    batch_id = paths.batch_id
+    for shard in manifest["shards"]:
+        with storage.open_read(shard["key"]) as stream:
+            frame = pl.read_parquet(stream, columns=["line", "custom_id"])
+        for line, custom_id in frame.iter_rows():
+            while next_error is not None and next_error[0] < line:
+                yield next_error[0], False, line_error_line(batch_id, *next_error)
+                next_error = next(errors, None)
+            record = journal[line]
+            yield line, record.status_code == 200, success_line(batch_id, line, custom_id, record)
+    while next_error is not None:
+        yield next_error[0], False, line_error_line(batch_id, *next_error)
+        next_error = next(errors, None)
+
+
+def _check_files(
+    storage: BatchStorage, paths: BatchPaths, expected_lines: int
+) -> list[dg.AssetCheckResult]:
+    """Re-read the published files and check them against the input's counts."""
+    ids: Counter = Counter()
+    counts = {}
+    for name, key in (("output", paths.output), ("errors", paths.errors)):
+        n = 0
+        with storage.open_read(key) as stream:
+            for raw in stream:
+                parsed = json.loads(raw)
+                if name == "output":
+                    ids[parsed["custom_id"]] += 1
+                n += 1
+        counts[name] = n
+    total = counts["output"] + counts["errors"]
+    duplicates = [cid for cid, n in ids.items() if n > 1]
+    return [
+        dg.AssetCheckResult(
+            check_name=ACCOUNTED,
+            passed=total == expected_lines,
+            metadata={
+                "non_blank_input_lines": expected_lines,
+                "output_lines": counts["output"],
+                "error_lines": counts["errors"],
+            },
+            description="Every non-blank input line yields exactly one result line.",
+        ),
+        dg.AssetCheckResult(
+            check_name=UNIQUE_IDS,
+            passed=not duplicates,
+            metadata={"duplicates": dg.MetadataValue.json(duplicates[:20])},
+        ),
+    ]
+
+
+@dg.asset(
+    partitions_def=batch_partitions,
+    deps=[batch_inference],
+    group_name="batch",
+    kinds={"json"},
+    description="output.jsonl, errors.jsonl and batch.json in the batch's outbox folder.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            ACCOUNTED,
+            asset="batch_results",
+            description="Every non-blank input line appears exactly once "
+            "across output.jsonl and errors.jsonl.",
+        ),
+        dg.AssetCheckSpec(
+            UNIQUE_IDS,
+            asset="batch_results",
+            description="No custom_id appears twice in output.jsonl.",
+        ),
+    ],
+)
+def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> dg.MaterializeResult:
+    batch_id = context.partition_key
+    paths = BatchPaths(batch_id)
+    manifest = storage.read_json(paths.manifest)
+    journal = read_journal(storage.local_dir(paths.journal))
+    missing = manifest["requests"] - len(journal)
+    if missing > 0:
+        raise dg.Failure(
+            f"batch {batch_id}: {missing} requests have no result yet; "
+            "materialize batch_inference for this partition first"
+        )
+    if read_batch(storage, batch_id)["status"] not in ("finalizing", "completed"):
+        update_batch(storage, batch_id, status="finalizing")
+    completed = failed = 0
+    preview: list[dict[str, Any]] = []
+    with storage.open_write(paths.output) as out, storage.open_write(paths.errors) as err:
+        for _line, ok, text in _answers(storage, paths, manifest, journal):
+            (out if ok else err).write(text.encode())
+            completed += ok
+            failed += not ok
+            if len(preview) < 5:
+                preview.append(json.loads(text))
+    usage = {
+        "input_tokens": sum(r.prompt_tokens for r in journal.values()),
+        "input_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in journal.values())},
+        "output_tokens": sum(r.completion_tokens for r in journal.values()),
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    counts = {"total": completed + failed, "completed": completed, "failed": failed}
+    checks = _check_files(storage, paths, manifest["lines"] - manifest["blank_lines"])
+    update_batch(
+        storage,
+        batch_id,
+        status="completed",
+        request_counts=counts,
+        usage=usage,
+        output_file_id=paths.output,
+        error_file_id=paths.errors,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "request_counts": dg.MetadataValue.json(counts),
+            "usage": dg.MetadataValue.json(usage),
+            "output": dg.MetadataValue.path(f"{storage.uri}/{paths.output}"),
+            "errors": dg.MetadataValue.path(f"{storage.uri}/{paths.errors}"),
+            "batch_json": dg.MetadataValue.path(f"{storage.uri}/{paths.batch_json}"),
+            "preview": dg.MetadataValue.md(_preview_table(preview)),
+        },
+        check_results=checks,
+    )
+
+
+def _preview_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| custom_id | status | result |", "|---|---|---|"]
+    for row in rows:
+        response = row.get("response")
+        if response is None:
+            status, text = "invalid", row["error"]["message"]
+        else:
+            status = str(response["status_code"])
+            body = response["body"]
+            if "choices" in body:
+                choice = body["choices"][0]
+                text = choice.get("message", {}).get("content") or choice.get("text") or ""
+            elif "data" in body:
+                text = f"embedding[{len(body['data'][0]['embedding'])}]"
+            else:
+                text = body.get("error", {}).get("message", "")
+        text = text.replace("|", "\\|").replace("\n", " ")[:80]
+        lines.append(f"| {row.get('custom_id')} | {status} | {text} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Dagster resources: the vLLM engine and the batch storage."""

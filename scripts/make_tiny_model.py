@@ -1,0 +1,116 @@
+"""Build a tiny random-weight Llama chat model with its own tokenizer, fully offline.
+
+The model is for tests and the demo: it is small (a few MB), builds in seconds, and its
+greedy output is non-empty and depends on the prompt (special tokens are suppressed in
+the output head, see ../shared/STACK.md). Usage: ``python scripts/make_tiny_model.py DIR``.
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|' + m['role'] + '|>' }}{{ m['content'] }}{{ eos_token }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+WORDS = (
+    "the a batch model prompt token result file night slot queue engine data lake "
+    "sensor asset run write read fast slow green blue red cat dog tree river stone "
+    "light dark north south one two three four five six seven eight nine ten "
+    "hello world please summarize translate explain list why how what when where"
+).split()
+
+
+def _corpus(n_lines: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_lines):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 20))]
+        lines.append(f"{' '.join(words)} {i} {rng.random():.4f}!?,.;:'\"()[]{{}}")
+    return lines
+
+
+def build(out_dir: Path, seed: int = 0) -> Path:
+    """Write tokenizer and model files to ``out_dir`` and return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(600, seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 512
+    fast.save_pretrained(out_dir)
+
+    vocab = len(fast)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        # Random weights keep choosing special tokens, which makes greedy text empty;
+        # silence them and sharpen the rest so greedy text is non-empty and varied.
+        head = model.lm_head.weight
+        head.mul_(50.0)
+        head[fast.all_special_ids] = 0.0
+    model.save_pretrained(out_dir, safe_serialization=True)
+    config_path = out_dir / "generation_config.json"
+    if config_path.exists():  # keep vLLM's default sampling the OpenAI one
+        config_path.unlink()
+    (out_dir / "README.md").write_text(json.dumps({"built_by": __file__, "seed": seed}))
+    return out_dir
+
+
+def ensure(out_dir: Path) -> Path:
+    """Build the model unless ``out_dir`` already holds one."""
+    if not (out_dir / "model.safetensors").exists():
+        build(out_dir)
+    return out_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    args = parser.parse_args()
+    if args.force:
+        build(args.out_dir, args.seed)
+    else:
+        ensure(args.out_dir)
+    print(args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""File-arrival sensors, the nightly overnight schedule and run-status sensors."""
