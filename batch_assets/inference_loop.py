@@ -141,8 +141,7 @@ class InferenceLoop:
         except (VLLMValidationError, ValueError, TypeError) as exc:
             if added:
                 engine.abort_request(added, internal=True)
-            param = getattr(exc, "parameter", None)
-            self._reject(line, RequestRejected(str(exc), param), stats)
+            self._reject(line, RequestRejected.from_engine_error(exc), stats)
             return 0
         in_flight[line] = _InFlight(prepared, request_ids)
         return len(request_ids)

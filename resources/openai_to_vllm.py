@@ -24,6 +24,13 @@ class RequestRejected(Exception):
         super().__init__(message)
         self.message, self.param, self.code = message, param, code
 
+    @classmethod
+    def from_engine_error(cls, exc: Exception) -> "RequestRejected":
+        """Wrap an error vLLM raised for this request (validation, context length)."""
+        message = str(exc)
+        code = "context_length_exceeded" if "maximum context length" in message else None
+        return cls(message, getattr(exc, "parameter", None), code)
+
     def error_body(self) -> dict[str, Any]:
         return {
             "error": {
@@ -97,10 +104,8 @@ class RequestBuilder:
             raise RequestRejected(
                 f"{param}: {first['msg']}" if param else first["msg"], param
             ) from exc
-        except VLLMValidationError as exc:
-            raise RequestRejected(str(exc), getattr(exc, "parameter", None)) from exc
-        except (ValueError, TypeError, KeyError) as exc:
-            raise RequestRejected(str(exc)) from exc
+        except (VLLMValidationError, ValueError, TypeError, KeyError) as exc:
+            raise RequestRejected.from_engine_error(exc) from exc
         return prepared
 
     def _max_tokens(self, prompt_len: int, requested: int | None) -> int:

@@ -1,0 +1,113 @@
+"""Shared fixtures: the tiny generated model, one engine per session, batch helpers."""
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_tiny_model import ensure  # noqa: E402
+
+from batch_assets.batch_object import BatchPaths  # noqa: E402
+from batch_assets.cli import run_file  # noqa: E402
+from resources.storage import BatchStorage  # noqa: E402
+from resources.vllm_engine import VLLMEngine  # noqa: E402
+
+MODEL_NAME = "tiny-chat"
+MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return ensure(ROOT / "models" / "tiny-chat")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model: Path) -> VLLMEngine:
+    """One engine for the whole session (kept loaded between runs)."""
+    return VLLMEngine(
+        model=str(tiny_model),
+        served_model_name=MODEL_NAME,
+        max_model_len=MAX_MODEL_LEN,
+        keep_loaded=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def instance() -> dg.DagsterInstance:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def request_line(
+    custom_id: str, body: dict[str, Any], url: str = "/v1/chat/completions", **extra: Any
+) -> str:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body, **extra})
+
+
+def chat_body(content: Any = "hello world", **params: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 8,
+        "temperature": 0,
+        **params,
+    }
+
+
+@dataclass
+class BatchRun:
+    batch: dict[str, Any]
+    output: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    storage: BatchStorage
+
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        return {
+            line["custom_id"]: line
+            for line in self.output + self.errors
+            if line["custom_id"] is not None
+        }
+
+    def error_at(self, line: int) -> dict[str, Any]:
+        return next(e for e in self.errors if e["error"] and e["error"]["line"] == line)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def run_batch(tmp_path: Path, engine: VLLMEngine, instance: dg.DagsterInstance):
+    """Write ``content`` to a file, run it through the assets, return what the user gets."""
+
+    def run(
+        content: str | bytes,
+        name: str = "batch.jsonl",
+        run_config: dict | None = None,
+        engine_override: VLLMEngine | None = None,
+    ) -> BatchRun:
+        file = tmp_path / "upload" / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(content.encode() if isinstance(content, str) else content)
+        storage = BatchStorage(root=str(tmp_path / "storage"))
+        batch = run_file(
+            file, storage, engine_override or engine, instance=instance, run_config=run_config
+        )
+        paths = BatchPaths(batch["id"])
+        root = Path(storage.uri)
+        output = read_jsonl(root / paths.output) if storage.exists(paths.output) else []
+        errors = read_jsonl(root / paths.errors) if storage.exists(paths.errors) else []
+        return BatchRun(batch, output, errors, storage)
+
+    return run

@@ -1,0 +1,154 @@
+"""The input stage on its own: line handling, per-line errors and per-file failures."""
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batch_assets.batch_object import BatchPaths
+from batch_assets.validation import FileRejected, Limits, iter_raw_lines, validate_input
+from resources.storage import BatchStorage
+from tests.conftest import MODEL_NAME, chat_body, request_line
+
+LIMITS = Limits(max_line_bytes=2048, max_lines=100, max_file_bytes=1 << 20, shard_rows=3)
+
+
+def _validate(tmp_path: Path, content: bytes, limits: Limits = LIMITS):
+    storage = BatchStorage(root=str(tmp_path))
+    storage.write_bytes("inbox/f.jsonl", content)
+    paths = BatchPaths("batch_test")
+    report = validate_input(storage, "inbox/f.jsonl", paths, {MODEL_NAME}, limits)
+    with storage.open_read(paths.line_errors) as stream:
+        errors = {row["line"]: row for row in pl.read_parquet(stream).iter_rows(named=True)}
+    rows = []
+    for shard in report.shards:
+        with storage.open_read(shard["key"]) as stream:
+            rows += pl.read_parquet(stream).iter_rows(named=True)
+    return report, errors, rows
+
+
+def test_line_reader_tolerates_bom_crlf_blank_lines_and_no_final_newline():
+    data = b'\xef\xbb\xbf{"a":1}\r\n\r\n  \n{"b":2}\n{"c":3}'
+    assert list(iter_raw_lines(io.BytesIO(data), 100)) == [
+        (1, b'{"a":1}'),
+        (2, b""),
+        (3, b"  "),
+        (4, b'{"b":2}'),
+        (5, b'{"c":3}'),
+    ]
+
+
+def test_line_reader_skips_an_overlong_line_without_buffering_it():
+    data = b"x" * 5000 + b"\n" + b'{"ok":1}\n' + b"y" * 101
+    assert list(iter_raw_lines(io.BytesIO(data), 100)) == [(1, None), (2, b'{"ok":1}'), (3, None)]
+
+
+def test_valid_requests_are_sharded_with_their_line_numbers(tmp_path):
+    lines = [request_line(f"r{i}", chat_body(f"hello {i}")) for i in range(7)]
+    content = ("\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n").encode()
+    report, errors, rows = _validate(tmp_path, content)
+    assert (report.valid, report.invalid, report.blank_lines) == (7, 0, 1)
+    assert len(report.shards) == 3  # 3 + 3 + 1 rows
+    assert [r["line"] for r in rows] == [1, 2, 3, 5, 6, 7, 8]
+    assert [r["custom_id"] for r in rows] == [f"r{i}" for i in range(7)]
+    assert json.loads(rows[0]["body"]) == chat_body("hello 0")
+    assert report.endpoint == "/v1/chat/completions"
+    assert errors == {}
+
+
+BAD_LINES = {
+    "malformed JSON": ('{"custom_id": "a", ', "invalid_json_line"),
+    "JSON array": ("[1, 2, 3]", "invalid_json_line"),
+    "JSON string": ('"just a string"', "invalid_json_line"),
+    "deeply nested": ("[" * 2000 + "]" * 2000, "invalid_json_line"),
+    "missing custom_id": (
+        json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": chat_body()}),
+        "invalid_request",
+    ),
+    "numeric custom_id": (
+        json.dumps(
+            {"custom_id": 7, "method": "POST", "url": "/v1/chat/completions", "body": chat_body()}
+        ),
+        "invalid_request",
+    ),
+    "GET method": (request_line("m", chat_body(), method="GET"), "invalid_method"),
+    "unsupported url": (request_line("u", chat_body(), url="/v1/responses"), "invalid_url"),
+    "other endpoint": (
+        request_line("e", {"model": MODEL_NAME, "input": "x"}, url="/v1/embeddings"),
+        "url_mismatch",
+    ),
+    "body without messages": (request_line("b", {"model": MODEL_NAME}), "invalid_body"),
+    "messages not a list": (
+        request_line("b2", {"model": MODEL_NAME, "messages": "hi"}),
+        "invalid_body",
+    ),
+    "stream true": (request_line("s", chat_body(stream=True)), "invalid_body"),
+    "unknown model": (request_line("x", chat_body(model="gpt-4o")), "model_not_found"),
+    "invalid UTF-8": (b'{"custom_id": "\xff\xfe"}', "invalid_utf8"),
+    "NUL byte": (b'{"custom_id": "a\x00b"}', "invalid_json_line"),
+    "line over the limit": (request_line("big", chat_body("x" * 4000)), "line_too_long"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LINES))
+def test_each_bad_line_becomes_an_error_row_and_the_rest_goes_on(tmp_path, case):
+    bad, code = BAD_LINES[case]
+    bad = bad if isinstance(bad, bytes) else bad.encode()
+    good = [request_line(f"ok{i}", chat_body()).encode() for i in range(2)]
+    limits = Limits(4096, 100, 1 << 22, 10)
+    report, errors, rows = _validate(
+        tmp_path, good[0] + b"\n" + bad + b"\n" + good[1] + b"\n", limits
+    )
+    assert [r["custom_id"] for r in rows] == ["ok0", "ok1"]
+    assert list(errors) == [2]
+    assert errors[2]["code"] == code
+    assert errors[2]["message"]
+    assert report.valid == 2 and report.invalid == 1
+
+
+def test_duplicate_custom_id_keeps_the_first_occurrence(tmp_path):
+    content = "\n".join(
+        [
+            request_line("same", chat_body("first")),
+            request_line("other", chat_body()),
+            request_line("same", chat_body("second")),
+        ]
+    ).encode()
+    _, errors, rows = _validate(tmp_path, content)
+    assert [(r["line"], r["custom_id"]) for r in rows] == [(1, "same"), (2, "other")]
+    assert errors[3]["code"] == "duplicate_custom_id"
+    assert errors[3]["custom_id"] == "same"
+
+
+def test_unknown_fields_are_tolerated_and_kept(tmp_path):
+    body = chat_body(some_vendor_field={"x": 1})
+    content = request_line("a", body, extra_envelope_field=True).encode()
+    _, errors, rows = _validate(tmp_path, content)
+    assert errors == {}
+    assert json.loads(rows[0]["body"])["some_vendor_field"] == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"", "empty_file"),
+        (b"\n\n   \r\n\n", "empty_file"),
+        (gzip.compress(b'{"a": 1}\n'), "not_text"),
+        (bytes(range(256)) * 40, "not_text"),
+        (b"not json\n[1]\n", "no_valid_lines"),
+        (
+            "\n".join(request_line(f"r{i}", chat_body()) for i in range(101)).encode(),
+            "too_many_tasks",
+        ),
+        (b"x" * ((1 << 20) + 1), "file_too_large"),
+    ],
+    ids=["empty", "only-blank", "gzip", "binary", "no-valid-line", "too-many-lines", "too-large"],
+)
+def test_file_level_problems_reject_the_file_with_a_reason(tmp_path, content, code):
+    with pytest.raises(FileRejected) as rejected:
+        _validate(tmp_path, content)
+    assert rejected.value.code == code
+    assert rejected.value.message
