@@ -1,20 +1,27 @@
 """Feed a batch's requests through one vLLM engine continuously and journal each as it finishes.
 
-The engine's scheduler always has a window of queued requests, so it batches continuously
-(no draining between fixed blocks); finished requests are turned into OpenAI response bodies
-and journaled after every engine step.
+A preparation thread reads the shards, parses each body with vLLM's OpenAI request models and
+renders and tokenizes its prompt, while the main thread steps the engine: this Python work
+overlaps the model's forward pass (torch releases the GIL) instead of delaying it. The
+engine's scheduler always has a window of queued requests, so it batches continuously (no
+draining between fixed blocks); finished requests become OpenAI response bodies and are
+journaled after every engine step.
 """
 
 import hashlib
 import json
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from batch_assets.journal import JournalRecord, JournalWriter
 from resources.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
 from resources.vllm_to_openai import ResponseBuilder
+
+_DONE = object()
 
 
 def response_id(batch_id: str, line: int) -> str:
@@ -51,6 +58,50 @@ class _InFlight:
     outputs: list[Any] = field(default_factory=list)
 
 
+class _Preparer(threading.Thread):
+    """Turns ``(line, body_json)`` into prepared requests ahead of the engine, in order."""
+
+    def __init__(
+        self, pending: Iterable[tuple[int, str]], builder: RequestBuilder, endpoint: str, depth: int
+    ):
+        super().__init__(name="batch-request-preparer", daemon=True)
+        self.pending, self.builder, self.endpoint = pending, builder, endpoint
+        self.out: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for line, body_json in self.pending:
+                if self.stopping.is_set():
+                    return
+                try:
+                    item: Any = self.builder.prepare(self.endpoint, json.loads(body_json))
+                except RequestRejected as rejected:
+                    item = rejected
+                self._put((line, item))
+        except BaseException as exc:  # surfaced by the main thread
+            self.error = exc
+        finally:
+            self._put(_DONE)
+
+    def _put(self, item: Any) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, limit: int, block: bool) -> Iterator[Any]:
+        """Up to ``limit`` ready items; waits for the first one only when ``block``."""
+        for n in range(limit):
+            try:
+                yield self.out.get(block=block and n == 0, timeout=None)
+            except queue.Empty:
+                return
+
+
 @dataclass
 class InferenceLoop:
     llm: Any
@@ -69,17 +120,21 @@ class InferenceLoop:
         stats = LoopStats()
         in_flight: dict[int, _InFlight] = {}
         queued = 0
-        source = iter(pending)
+        preparer = _Preparer(pending, self.requests, self.endpoint, self.window)
+        preparer.start()
         exhausted = False
         started = last_report = time.monotonic()
         try:
             while True:
-                while not exhausted and queued < self.window:
-                    item = next(source, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    queued += self._submit(engine, *item, in_flight, stats)
+                if not exhausted and queued < self.window:
+                    idle = not engine.has_unfinished_requests()
+                    for item in preparer.take(self.window - queued, block=idle):
+                        if item is _DONE:
+                            exhausted = True
+                            break
+                        queued += self._submit(engine, *item, in_flight, stats)
+                    if preparer.error is not None:
+                        raise preparer.error
                 if not engine.has_unfinished_requests():
                     if exhausted:
                         break
@@ -101,11 +156,13 @@ class InferenceLoop:
                     self.on_progress(stats)
                     last_report = now
         finally:
+            preparer.stopping.set()
             if in_flight:  # failed mid-way: leave the engine clean for a kept-alive reuse
                 engine.abort_request(
                     [r for s in in_flight.values() for r in s.request_ids], internal=True
                 )
             self.journal.flush()
+            preparer.join(timeout=5)
         stats.wall_s = time.monotonic() - started
         return stats
 
@@ -118,17 +175,15 @@ class InferenceLoop:
         self,
         engine: Any,
         line: int,
-        body_json: str,
+        prepared: PreparedRequest | RequestRejected,
         in_flight: dict[int, _InFlight],
         stats: LoopStats,
     ) -> int:
         """Add one line's engine requests; returns how many were queued."""
         from vllm.exceptions import VLLMValidationError
 
-        try:
-            prepared = self.requests.prepare(self.endpoint, json.loads(body_json))
-        except RequestRejected as error:
-            self._reject(line, error, stats)
+        if isinstance(prepared, RequestRejected):
+            self._reject(line, prepared, stats)
             return 0
         request_ids = [f"{line}.{k}" for k in range(len(prepared.inputs))]
         added: list[str] = []
