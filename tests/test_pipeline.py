@@ -71,6 +71,17 @@ def test_chat_batch_maps_openai_parameters_and_returns_openai_bodies(run_batch):
         "json-object": chat_body(
             "json please", response_format={"type": "json_object"}, max_tokens=12
         ),
+        "json-schema": chat_body(
+            "answer",
+            max_tokens=12,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "answer",
+                    "schema": {"type": "string", "enum": ["yes", "no"]},
+                },
+            },
+        ),
     }
     content = "\n".join(request_line(cid, body) for cid, body in requests.items()) + "\n"
     run = run_batch(content)
@@ -93,6 +104,7 @@ def test_chat_batch_maps_openai_parameters_and_returns_openai_bodies(run_batch):
     assert all(len(t.top_logprobs) == 3 for t in logprobs)
     assert all(t.logprob <= 0 for t in logprobs)
     assert bodies["choice"].choices[0].message.content in ("yes", "no")
+    assert json.loads(bodies["json-schema"].choices[0].message.content) in ("yes", "no")
     # A system prompt and a list of text parts reach the model: longer prompt than plain.
     assert bodies["system-and-parts"].usage.prompt_tokens > 6
 
