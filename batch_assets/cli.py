@@ -26,23 +26,21 @@ def _instance(storage: BatchStorage) -> dg.DagsterInstance:
     """The instance named by DAGSTER_HOME, else a persistent one beside the batches."""
     if os.environ.get("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
-    home = Path(storage.uri) / ".dagster"
+    home = Path(storage.uri) / ".dagster" if storage.is_local else Path(".dagster_home")
     home.mkdir(parents=True, exist_ok=True)
     return dg.DagsterInstance.local_temp(tempdir=str(home))
 
 
 def _inbox_key(storage: BatchStorage, file: Path) -> str:
-    """Copy ``file`` into the inbox (unless it is already there or unchanged)."""
+    """Upload ``file`` to the inbox, unless it is already there (same content)."""
     file = file.resolve()
-    inbox = Path(storage.uri) / "inbox"
-    if file.is_relative_to(inbox):
-        return file.relative_to(Path(storage.uri)).as_posix()
+    if storage.is_local:
+        root = Path(storage.uri)
+        if file.is_relative_to(root / "inbox"):
+            return file.relative_to(root).as_posix()
     key = f"inbox/{file.name}"
-    if storage.exists(key):
-        here, there = file.stat(), storage.path(key).stat()
-        if (here.st_size, here.st_mtime_ns) == (there.st_size, there.st_mtime_ns):
-            return key
-    storage.put_file(file, key)
+    if not storage.matches_file(file, key):
+        storage.put_file(file, key)
     return key
 
 
@@ -94,7 +92,7 @@ def _print_result(storage: BatchStorage, batch: dict) -> int:
         ("errors", paths.errors),
         ("batch", paths.batch_json),
     ):
-        print(f"{name}: {storage.uri}/{key}")
+        print(f"{name}: {storage.url(key)}")
     if batch["status"] == "completed":
         return 0
     for error in (batch.get("errors") or {}).get("data", []):

@@ -45,8 +45,7 @@ def batch_inference(
     batch_id = context.partition_key
     paths = BatchPaths(batch_id)
     manifest = storage.read_json(paths.manifest)
-    journal_dir = storage.local_dir(paths.journal)
-    done = journaled_lines(journal_dir)
+    done = journaled_lines(storage, paths.journal)
     todo = manifest["requests"] - len(done)
     if read_batch(storage, batch_id)["status"] == "validating":
         update_batch(storage, batch_id, status="in_progress")
@@ -66,7 +65,7 @@ def batch_inference(
         load_s = time.monotonic() - started
         max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         attempt = f"{int(time.time() * 1000)}-{context.run_id[:8]}"
-        with JournalWriter(journal_dir, attempt) as journal:
+        with JournalWriter(storage, paths.journal, attempt) as journal:
             loop = InferenceLoop(
                 llm=llm,
                 requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens),

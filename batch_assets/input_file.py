@@ -94,7 +94,7 @@ def _result(
             "error_codes": dg.MetadataValue.json(manifest["error_codes"]),
             "est_prompt_tokens": manifest["est_prompt_tokens"],
             "shards": len(manifest["shards"]),
-            "work_area": dg.MetadataValue.path(f"{storage.uri}/{paths.work}"),
+            "work_area": dg.MetadataValue.path(storage.url(paths.work)),
             "reused": reused,
         }
     )

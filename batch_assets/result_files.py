@@ -129,7 +129,7 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     batch_id = context.partition_key
     paths = BatchPaths(batch_id)
     manifest = storage.read_json(paths.manifest)
-    journal = read_journal(storage.local_dir(paths.journal))
+    journal = read_journal(storage, paths.journal)
     missing = manifest["requests"] - len(journal)
     if missing > 0:
         raise dg.Failure(
@@ -169,9 +169,9 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
         metadata={
             "request_counts": dg.MetadataValue.json(counts),
             "usage": dg.MetadataValue.json(usage),
-            "output": dg.MetadataValue.path(f"{storage.uri}/{paths.output}"),
-            "errors": dg.MetadataValue.path(f"{storage.uri}/{paths.errors}"),
-            "batch_json": dg.MetadataValue.path(f"{storage.uri}/{paths.batch_json}"),
+            "output": dg.MetadataValue.path(storage.url(paths.output)),
+            "errors": dg.MetadataValue.path(storage.url(paths.errors)),
+            "batch_json": dg.MetadataValue.path(storage.url(paths.batch_json)),
             "preview": dg.MetadataValue.md(_preview_table(preview)),
         },
         check_results=checks,

@@ -106,7 +106,7 @@ def main() -> None:
 
     def run_ours(attempt: int) -> tuple[float, int]:
         storage.delete_prefix(paths.journal)
-        with JournalWriter(storage.local_dir(paths.journal), f"bench-{attempt}") as journal:
+        with JournalWriter(storage, paths.journal, f"bench-{attempt}") as journal:
             loop = InferenceLoop(
                 llm,
                 RequestBuilder(llm),

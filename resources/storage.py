@@ -1,26 +1,30 @@
-"""Batch storage: the inbox, outbox and work area under one root.
+"""Batch storage: the inbox, outbox and work area under one root, a folder or an S3 prefix.
 
-The layout is the same for every backend (see the README): ``inbox/``, ``outbox/<batch_id>/``
-and ``work/<batch_id>/``. Keys are always relative, ``/``-separated and checked so that no key
-can leave the root (``..``, absolute paths and symlinks pointing outside are refused).
+The layout is the same for both backends (see the README): ``inbox/``, ``outbox/<batch_id>/``
+and ``work/<batch_id>/``. Keys are relative and ``/``-separated; a key that could leave the
+root (``..``, an absolute path, a NUL) is refused before any I/O.
 """
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 
 class UnsafeKeyError(ValueError):
     """A key that would read or write outside the storage root."""
+
+
+def check_key(key: str) -> str:
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise UnsafeKeyError(f"unsafe storage key: {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise UnsafeKeyError(f"unsafe storage key: {key!r}")
+    return key
 
 
 @dataclass(frozen=True)
@@ -29,106 +33,123 @@ class ObjectInfo:
 
     key: str
     size: int
-    version: str  # content identity: an ETag on S3, size and mtime in a local folder
+    version: str  # content identity: the ETag on S3, size and mtime in a local folder
     modified_ns: int
 
 
+class Backend(Protocol):
+    uri: str
+    is_local: bool
+
+    def stat(self, key: str) -> ObjectInfo | None: ...
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]: ...
+    def open_read(self, key: str) -> AbstractContextManager[IO[bytes]]: ...
+    def open_write(self, key: str) -> AbstractContextManager[IO[bytes]]: ...
+    def put_file(self, local_path: Path, key: str) -> None: ...
+    def matches_file(self, local_path: Path, key: str) -> bool: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def local_path(self, key: str) -> Path | None: ...
+
+
 class BatchStorage(dg.ConfigurableResource):
-    """A local folder holding ``inbox/``, ``outbox/`` and ``work/``."""
+    """Where batches live: a local folder (default) or ``s3://bucket/prefix``."""
 
     root: str = Field(
         default="./data",
-        description="Folder that holds inbox/, outbox/ and work/ (BATCH_STORAGE).",
+        description="A folder, or s3://bucket/prefix, holding inbox/, outbox/ and work/ "
+        "(BATCH_STORAGE).",
     )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint of an S3-compatible store; unset: AWS_ENDPOINT_URL or AWS.",
+    )
+    region_name: str | None = Field(default=None, description="S3 region (AWS_REGION).")
+    max_attempts: int = Field(
+        default=8, description="S3 attempts per call, with boto3's adaptive backoff."
+    )
+    server_side_encryption: str | None = Field(
+        default="AES256",
+        description="S3 server-side encryption of every object written: AES256, aws:kms, "
+        "or none (unset).",
+    )
+    sse_kms_key_id: str | None = Field(default=None, description="KMS key id for aws:kms.")
+
+    _backend: Any = PrivateAttr(default=None)
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            if self.root.startswith("s3://"):
+                from resources.s3_backend import S3Backend
+
+                self._backend = S3Backend(self)
+            else:
+                from resources.local_backend import LocalBackend
+
+                self._backend = LocalBackend(self.root)
+        return self._backend
 
     @property
     def uri(self) -> str:
-        return str(self._root())
+        return self.backend().uri
 
-    def _root(self) -> Path:
-        return Path(self.root).expanduser().resolve()
+    @property
+    def is_local(self) -> bool:
+        return self.backend().is_local
 
-    def path(self, key: str) -> Path:
-        """The local path of ``key``, refusing keys that leave the root."""
-        if not key or key.startswith("/") or "\\" in key or "\x00" in key:
-            raise UnsafeKeyError(f"unsafe storage key: {key!r}")
-        parts = key.split("/")
-        if any(part in ("", ".", "..") for part in parts):
-            raise UnsafeKeyError(f"unsafe storage key: {key!r}")
-        root = self._root()
-        path = root.joinpath(*parts)
-        if path.exists() and not path.resolve().is_relative_to(root):
-            raise UnsafeKeyError(f"storage key points outside the root: {key!r}")
-        return path
+    def url(self, key: str) -> str:
+        """A location a person can open or copy for ``key``."""
+        return f"{self.uri}/{check_key(key)}"
+
+    def local_path(self, key: str) -> Path | None:
+        """The file behind ``key`` in a local folder; None on S3."""
+        return self.backend().local_path(check_key(key))
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return self.backend().stat(check_key(key)) is not None
 
     def stat(self, key: str) -> ObjectInfo:
-        st = self.path(key).stat()
-        return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime_ns)
+        info = self.backend().stat(check_key(key))
+        if info is None:
+            raise FileNotFoundError(self.url(key))
+        return info
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every regular file under ``prefix`` (a folder key), in key order."""
-        base = self.path(prefix.rstrip("/"))
-        if not base.is_dir():
-            return
-        root = self._root()
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if path.is_symlink() or not path.is_file():
-                    continue
-                key = path.relative_to(root).as_posix()
-                yield self.stat(key)
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects under the folder key ``prefix``, in key order, after ``start_after``."""
+        return self.backend().list(check_key(prefix.rstrip("/")), start_after)
 
-    @contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
-        with self.path(key).open("rb") as stream:
-            yield stream
+    def open_read(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        """A buffered binary stream (``readline``, ``peek``) over ``key``."""
+        return self.backend().open_read(check_key(key))
+
+    def open_write(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        """Write ``key`` atomically: readers see the old object or the whole new one."""
+        return self.backend().open_write(check_key(key))
 
     def read_bytes(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
+        with self.open_read(key) as stream:
+            return stream.read()
 
     def read_json(self, key: str) -> Any:
-        return json.loads(self.read_bytes(key))
+        import json
 
-    @contextmanager
-    def open_write(self, key: str) -> Iterator[IO[bytes]]:
-        """Write ``key`` atomically: readers see the old object or the whole new one."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                yield stream
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return json.loads(self.read_bytes(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_write(key) as stream:
             stream.write(data)
 
     def write_json(self, key: str, value: Any) -> None:
+        import json
+
         self.write_bytes(key, json.dumps(value, indent=2).encode())
 
     def put_file(self, local_path: Path, key: str) -> None:
-        """Copy a local file to ``key``, keeping its modification time."""
-        with local_path.open("rb") as src, self.open_write(key) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        st = local_path.stat()
-        os.utime(self.path(key), ns=(st.st_atime_ns, st.st_mtime_ns))
+        """Upload a local file to ``key`` (keeping what identifies its content)."""
+        self.backend().put_file(local_path, check_key(key))
+
+    def matches_file(self, local_path: Path, key: str) -> bool:
+        """Whether ``key`` already holds this very file (as put_file left it)."""
+        return self.exists(key) and self.backend().matches_file(local_path, check_key(key))
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self.path(prefix.rstrip("/")), ignore_errors=True)
-
-    def local_dir(self, prefix: str) -> Path:
-        """A local folder for append-only files (the journal) under ``prefix``."""
-        path = self.path(prefix.rstrip("/"))
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        self.backend().delete_prefix(check_key(prefix.rstrip("/")))

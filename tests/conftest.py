@@ -111,3 +111,31 @@ def run_batch(tmp_path: Path, engine: VLLMEngine, instance: dg.DagsterInstance):
         return BatchRun(batch, output, errors, storage)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on loopback for the whole session, bucket `batches`."""
+    from tests.seaweedfs import ACCESS_KEY, SECRET_KEY, seaweedfs
+
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_REGION="us-east-1"
+    )
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        server.create_bucket("batches")
+        yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_storage(s3_server, request) -> BatchStorage:
+    """A fresh prefix in the `batches` bucket."""
+    prefix = request.node.name.replace("[", "-").replace("]", "")[:60]
+    return BatchStorage(root=f"s3://batches/{prefix}", endpoint_url=s3_server.endpoint)

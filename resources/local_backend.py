@@ -1,0 +1,82 @@
+"""The local-folder backend of :class:`resources.storage.BatchStorage`."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from resources.storage import ObjectInfo, UnsafeKeyError
+
+
+class LocalBackend:
+    is_local = True
+
+    def __init__(self, root: str):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def local_path(self, key: str) -> Path:
+        path = self.root.joinpath(*key.split("/"))
+        # A symlink anywhere on the way may point outside the root: refuse it.
+        if path.exists() and not path.resolve().is_relative_to(self.root):
+            raise UnsafeKeyError(f"storage key points outside the root: {key!r}")
+        return path
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self.local_path(key)
+        if not path.is_file():
+            return None
+        st = path.stat()
+        return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime_ns)
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        base = self.local_path(prefix)
+        if not base.is_dir():
+            return
+        keys = []
+        for dirpath, _dirnames, filenames in os.walk(base):  # never follows symlinked folders
+            for name in filenames:
+                path = Path(dirpath) / name
+                if not path.is_symlink() and path.is_file():
+                    keys.append(path.relative_to(self.root).as_posix())
+        for key in sorted(keys):
+            if start_after is None or key > start_after:
+                info = self.stat(key)
+                if info is not None:
+                    yield info
+
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        with self.local_path(key).open("rb") as stream:
+            yield stream
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        path = self.local_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                yield stream
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, local_path: Path, key: str) -> None:
+        with local_path.open("rb") as src, self.open_write(key) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        st = local_path.stat()
+        os.utime(self.local_path(key), ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def matches_file(self, local_path: Path, key: str) -> bool:
+        here, there = local_path.stat(), self.local_path(key).stat()
+        return (here.st_size, here.st_mtime_ns) == (there.st_size, there.st_mtime_ns)
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.local_path(prefix), ignore_errors=True)
