@@ -121,9 +121,9 @@ def fail_batch(
     )
 
 
-def register_batch(storage: BatchStorage, input_key: str) -> str:
+def register_batch(storage: BatchStorage, input_key: str, info: ObjectInfo | None = None) -> str:
     """Create the batch for an inbox object (idempotent) and return its id."""
-    info = storage.stat(input_key)
+    info = info or storage.stat(input_key)
     batch_id = batch_id_for(info)
     paths = BatchPaths(batch_id)
     if not storage.exists(paths.source):

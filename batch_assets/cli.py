@@ -16,7 +16,8 @@ from pathlib import Path
 import dagster as dg
 
 from batch_assets.batch_object import BatchPaths, read_batch, register_batch
-from batch_assets.definitions import DEFAULT_MODEL, DEFAULT_STORAGE, batch_assets
+from batch_assets.definitions import DEFAULT_MODEL, DEFAULT_STORAGE
+from batch_assets.jobs import batch_assets
 from batch_assets.partitions import batch_partitions
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine

@@ -1,24 +1,16 @@
-"""The code location: the batch assets, their job and resources (``dagster dev`` loads this)."""
+"""The code location: assets, job, sensors, schedule and resources (``dagster dev`` loads it)."""
 
 import os
 
 import dagster as dg
 
-from batch_assets.inference_run import batch_inference
-from batch_assets.input_file import batch_input
-from batch_assets.result_files import batch_results
+from batch_assets.jobs import batch_assets, batch_job
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
+from sensors.definitions import defs as sensor_defs
 
 DEFAULT_STORAGE = "./data"
 DEFAULT_MODEL = "./models/tiny-chat"
-
-batch_assets = [batch_input, batch_inference, batch_results]
-batch_job = dg.define_asset_job(
-    "batch_job",
-    selection=dg.AssetSelection.assets(*batch_assets),
-    description="Validate, run and publish one batch (one partition).",
-)
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -32,8 +24,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-defs = dg.Definitions(
-    assets=batch_assets,
-    jobs=[batch_job],
-    resources=default_resources(),
+defs = dg.Definitions.merge(
+    dg.Definitions(assets=batch_assets, jobs=[batch_job], resources=default_resources()),
+    sensor_defs,
 )

@@ -16,3 +16,7 @@ def test_definitions_load_with_the_batch_graph():
     inference = repo.assets_defs_by_key[dg.AssetKey("batch_inference")]
     assert inference.partitions_def.name == "batches"
     assert set(defs.resources) == {"storage", "engine"}
+    assert {s.name for s in defs.sensors} == {"inbox_sensor", "batch_failure_sensor"}
+    schedule = defs.get_schedule_def("overnight_schedule")
+    assert schedule.cron_schedule == "0 1 * * *"
+    assert schedule.execution_timezone == "UTC"

@@ -1,0 +1,14 @@
+"""The job that materializes one batch (one partition) end to end."""
+
+import dagster as dg
+
+from batch_assets.inference_run import batch_inference
+from batch_assets.input_file import batch_input
+from batch_assets.result_files import batch_results
+
+batch_assets = [batch_input, batch_inference, batch_results]
+batch_job = dg.define_asset_job(
+    "batch_job",
+    selection=dg.AssetSelection.assets(*batch_assets),
+    description="Validate, run and publish one batch (one partition).",
+)

@@ -1,0 +1,42 @@
+"""The nightly overnight slot: launch the batches uploaded under ``inbox/overnight/``.
+
+The cron and time zone come from ``BATCH_OVERNIGHT_CRON`` (default ``0 1 * * *``, 01:00) and
+``BATCH_OVERNIGHT_TIMEZONE`` (default UTC). A queued batch that is not finished is launched
+again the next night (a new run key per night) and resumes from its journal.
+"""
+
+import os
+
+import dagster as dg
+
+from batch_assets.batch_object import TERMINAL_STATUSES, read_batch
+from batch_assets.jobs import batch_job
+from resources.storage import BatchStorage
+from sensors.inbox import OVERNIGHT_QUEUE
+
+
+@dg.schedule(
+    job=batch_job,
+    cron_schedule=os.environ.get("BATCH_OVERNIGHT_CRON", "0 1 * * *"),
+    execution_timezone=os.environ.get("BATCH_OVERNIGHT_TIMEZONE", "UTC"),
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Runs the batches queued under inbox/overnight/ in the nightly slot.",
+)
+def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: BatchStorage):
+    night = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    requests = []
+    for info in storage.list(OVERNIGHT_QUEUE):
+        batch_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+        if read_batch(storage, batch_id)["status"] in TERMINAL_STATUSES:
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{batch_id}:{night}",
+                partition_key=batch_id,
+                tags={"batch/slot": "overnight"},
+            )
+        )
+    if not requests:
+        return dg.SkipReason("no overnight batch is waiting")
+    context.log.info("overnight slot %s: launching %d batches", night, len(requests))
+    return requests

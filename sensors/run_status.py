@@ -1,0 +1,39 @@
+"""When a batch run fails for good (its retries spent), say so in the batch's batch.json."""
+
+import dagster as dg
+
+from batch_assets.batch_object import TERMINAL_STATUSES, fail_batch, read_batch
+from batch_assets.jobs import batch_job
+from resources.storage import BatchStorage
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[batch_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks a batch failed in batch.json once its run has no retry left.",
+)
+def batch_failure_sensor(context: dg.RunFailureSensorContext, storage: BatchStorage) -> None:
+    run = context.dagster_run
+    batch_id = run.tags.get("dagster/partition")
+    if not batch_id:
+        return
+    retry = int(run.tags.get("dagster/retry_number", "0"))
+    max_retries = int(
+        run.tags.get(
+            "dagster/max_retries",
+            context.instance.run_retries_max_retries if context.instance.run_retries_enabled else 0,
+        )
+    )
+    if retry < max_retries:
+        context.log.info(
+            "batch %s: run %s failed, retry %d of %d follows",
+            batch_id,
+            run.run_id,
+            retry + 1,
+            max_retries,
+        )
+        return
+    if read_batch(storage, batch_id)["status"] in TERMINAL_STATUSES:
+        return
+    reason = context.failure_event.message or "the batch run failed"
+    fail_batch(storage, batch_id, "run_failed", f"{reason} (run {run.run_id})")
