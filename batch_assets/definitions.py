@@ -7,7 +7,7 @@ import dagster as dg
 from batch_assets.jobs import batch_assets, batch_job
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
-from sensors.definitions import defs as sensor_defs
+from sensors import definitions as sensor_definitions
 
 DEFAULT_STORAGE = "./data"
 DEFAULT_MODEL = "./models/tiny-chat"
@@ -26,5 +26,5 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 defs = dg.Definitions.merge(
     dg.Definitions(assets=batch_assets, jobs=[batch_job], resources=default_resources()),
-    sensor_defs,
+    sensor_definitions.defs,
 )

@@ -1,5 +1,9 @@
 """The code location loads, with the assets, checks, job and resources a user sees."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
 
 from batch_assets.definitions import defs
@@ -20,3 +24,22 @@ def test_definitions_load_with_the_batch_graph():
     schedule = defs.get_schedule_def("overnight_schedule")
     assert schedule.cron_schedule == "0 1 * * *"
     assert schedule.execution_timezone == "UTC"
+
+
+def test_the_workspace_loads_as_dagster_dev_loads_it():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            str(root / "workspace.yaml"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "All code locations passed validation" in result.stdout + result.stderr

@@ -25,8 +25,9 @@ def storage(request, tmp_path) -> BatchStorage:
 
 
 def tick(instance: dg.DagsterInstance, storage: BatchStorage, cursor: str | None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"storage": storage})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"storage": storage}
+    )
     result = inbox_sensor(context)
     added = [key for req in result.dynamic_partitions_requests for key in req.partition_keys]
     if added:  # what the daemon does with the request
@@ -38,8 +39,12 @@ def test_new_files_run_once_and_reuploads_run_again(storage, tmp_path):
     with dg.instance_for_test() as instance:
         storage.write_bytes("inbox/a.jsonl", LINE)
         storage.write_bytes("inbox/b.jsonl", LINE + LINE)
-        for ignored in ("inbox/.hidden.jsonl", "inbox/c.jsonl.tmp", "inbox/notes.txt",
-                        "inbox/_staging.jsonl"):
+        for ignored in (
+            "inbox/.hidden.jsonl",
+            "inbox/c.jsonl.tmp",
+            "inbox/notes.txt",
+            "inbox/_staging.jsonl",
+        ):
             storage.write_bytes(ignored, LINE)
         storage.write_bytes("inbox/empty.jsonl", b"")
         result, added = tick(instance, storage, None)
@@ -71,15 +76,17 @@ def test_overnight_uploads_wait_for_the_nightly_slot(storage):
         assert read_batch(storage, later)["metadata"]["slot"] == "overnight"
 
         night = dt.datetime(2026, 11, 23, 1, 0, tzinfo=dt.UTC)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=night,
-                                            resources={"storage": storage})
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=night, resources={"storage": storage}
+        )
         requests = overnight_schedule(context)
         assert [r.partition_key for r in requests] == [later]
         assert requests[0].run_key == f"{later}:2026-11-23"
 
         update_batch(storage, later, status="completed")  # a finished batch is not relaunched
-        context = dg.build_schedule_context(instance=instance, resources={"storage": storage},
-                                            scheduled_execution_time=night)
+        context = dg.build_schedule_context(
+            instance=instance, resources={"storage": storage}, scheduled_execution_time=night
+        )
         assert isinstance(overnight_schedule(context), dg.SkipReason)
 
 
@@ -94,8 +101,9 @@ def test_more_than_1000_uploads_are_all_picked_up_across_ticks_and_a_restart(sto
         else:
             client, prefix = storage.backend().client, storage.backend().prefix
             for i in range(1203):
-                client.put_object(Bucket="batches", Key=f"{prefix}/inbox/bulk/f{i:05d}.jsonl",
-                                  Body=LINE)
+                client.put_object(
+                    Bucket="batches", Key=f"{prefix}/inbox/bulk/f{i:05d}.jsonl", Body=LINE
+                )
         seen: list[str] = []
         cursor = None
         for _ in range(7):  # 200 per tick

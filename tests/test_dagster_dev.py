@@ -1,0 +1,165 @@
+"""End to end under `dagster dev` (webserver + daemon) with the shipped instance config:
+an upload to the inbox is picked up by the sensor, run once, and published; the UI renders
+the asset graph."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import openai.types as oa
+import pytest
+
+from resources.storage import BatchStorage
+from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line
+from tests.seaweedfs import free_port
+
+pytestmark = pytest.mark.slow
+
+
+class DagsterDev:
+    def __init__(self, home: Path, env: dict[str, str]):
+        self.home, self.port = home, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+        self.log = (home / "dagster-dev.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "dagster"),
+                "dev",
+                "-w",
+                str(ROOT / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.tail()
+            try:
+                with urllib.request.urlopen(f"{self.url}/server_info", timeout=2):
+                    return
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(self.tail())
+
+    def tail(self) -> str:
+        return (self.home / "dagster-dev.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+    def runs(self) -> list[dg.DagsterRun]:
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            return list(instance.get_runs(dg.RunsFilter(job_name="batch_job")))
+
+
+def _wait_for_completed(storage: BatchStorage, dev: DagsterDev, timeout_s: float = 420):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batches = [
+            storage.read_json(info.key)
+            for info in storage.list("outbox")
+            if info.key.endswith("/batch.json")
+        ]
+        if batches and batches[0]["status"] in ("completed", "failed"):
+            return batches[0]
+        assert dev.process.poll() is None, dev.tail()
+        assert "Error loading repository location" not in dev.tail(), dev.tail()
+        time.sleep(2)
+    raise TimeoutError(f"no completed batch.json; runs: {dev.runs()}\n{dev.tail()}")
+
+
+def _run_upload(storage: BatchStorage, env: dict[str, str], home: Path) -> DagsterDev:
+    dev = DagsterDev(
+        home,
+        {
+            "BATCH_STORAGE": storage.root,
+            "BATCH_MODEL": str(ROOT / "models" / "tiny-chat"),
+            "BATCH_SERVED_MODEL_NAME": MODEL_NAME,
+            **env,
+        },
+    )
+    try:
+        dev.wait_ready()
+        content = (
+            "\n".join(
+                [request_line(f"e2e-{i}", chat_body(f"river {i}")) for i in range(12)] + ["{broken"]
+            )
+            + "\n"
+        )
+        storage.write_bytes("inbox/e2e.jsonl", content.encode())
+        batch = _wait_for_completed(storage, dev)
+        oa.Batch.model_validate(batch)
+        assert batch["status"] == "completed", json.dumps(batch)
+        assert batch["request_counts"] == {"total": 13, "completed": 12, "failed": 1}
+        output = storage.read_bytes(batch["output_file_id"]).decode().splitlines()
+        assert len(output) == 12
+        time.sleep(25)  # two more sensor ticks: the same upload must not run again
+        runs = dev.runs()
+        assert len(runs) == 1, runs
+        assert runs[0].tags["dagster/partition"] == batch["id"]
+        return dev
+    except BaseException:
+        dev.stop()
+        raise
+
+
+def test_an_upload_to_a_local_inbox_runs_once_and_the_ui_renders(tiny_model, tmp_path):
+    storage = BatchStorage(root=str(tmp_path / "storage"))
+    dev = _run_upload(storage, {}, tmp_path / "home")
+    try:
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is None and not os.environ.get("CI"):
+            pytest.skip("chromium is not installed (.ci/run installs it)")
+        assert chromium, "chromium is missing"
+        dom = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                f"{dev.url}/asset-groups/batch",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        for asset in ("batch_input", "batch_inference", "batch_results"):
+            assert asset in dom, dom[-2000:]
+    finally:
+        dev.stop()
+
+
+def test_an_upload_to_an_s3_inbox_runs_once(tiny_model, s3_server, tmp_path):
+    storage = BatchStorage(root="s3://batches/e2e", endpoint_url=s3_server.endpoint)
+    env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
+    _run_upload(storage, env, tmp_path / "home").stop()
