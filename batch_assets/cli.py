@@ -17,7 +17,7 @@ import dagster as dg
 
 from batch_assets.batch_object import BatchPaths, read_batch, register_batch
 from batch_assets.definitions import DEFAULT_MODEL, DEFAULT_STORAGE
-from batch_assets.jobs import batch_assets
+from batch_assets.jobs import batch_assets, batch_job
 from batch_assets.partitions import batch_partitions
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
@@ -51,6 +51,7 @@ def run_file(
     engine: VLLMEngine,
     instance: dg.DagsterInstance | None = None,
     run_config: dict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict:
     """Run ``file`` as a batch and return its batch.json."""
     key = _inbox_key(storage, file)
@@ -61,12 +62,13 @@ def run_file(
     instance.add_dynamic_partitions(batch_partitions.name, [batch_id])
     result = dg.materialize(
         batch_assets,
+        selection=batch_job.selection,
         partition_key=batch_id,
         instance=instance,
         resources={"storage": storage, "engine": engine},
         run_config=run_config,
         raise_on_error=False,
-        tags={"batch/input": key},
+        tags={"batch/input": key, **(tags or {})},
     )
     batch = read_batch(storage, batch_id)
     if not result.success and batch["status"] != "failed":

@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from batch_assets.jobs import batch_assets, batch_job
+from batch_assets.jobs import batch_assets, batch_job, preview_job
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 from sensors import definitions as sensor_definitions
@@ -25,6 +25,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 defs = dg.Definitions.merge(
-    dg.Definitions(assets=batch_assets, jobs=[batch_job], resources=default_resources()),
+    dg.Definitions(
+        assets=batch_assets, jobs=[batch_job, preview_job], resources=default_resources()
+    ),
     sensor_definitions.defs,
 )

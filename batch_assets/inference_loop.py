@@ -41,6 +41,7 @@ class LoopStats:
     completion_tokens: int = 0
     cached_tokens: int = 0
     wall_s: float = 0.0
+    stopped_at_deadline: bool = False  # stopped taking new requests; the rest waits
 
     @property
     def requests_per_s(self) -> float:
@@ -113,9 +114,14 @@ class InferenceLoop:
     window: int
     on_progress: Callable[[LoopStats], None] | None = None
     progress_interval_s: float = 15.0
+    deadline: float | None = None  # epoch seconds: stop taking new requests from then on
 
     def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
-        """Answer every ``(line, body_json)`` of ``pending`` and journal the answers."""
+        """Answer every ``(line, body_json)`` of ``pending`` and journal the answers.
+
+        At the deadline the loop takes no new request; the ones already in the engine finish
+        and are journaled, and the rest are left for a later run.
+        """
         engine = self.llm.llm_engine
         stats = LoopStats()
         in_flight: dict[int, _InFlight] = {}
@@ -126,6 +132,8 @@ class InferenceLoop:
         started = last_report = time.monotonic()
         try:
             while True:
+                if not exhausted and self.deadline is not None and time.time() >= self.deadline:
+                    exhausted = stats.stopped_at_deadline = True
                 if not exhausted and queued < self.window:
                     idle = not engine.has_unfinished_requests()
                     for item in preparer.take(self.window - queued, block=idle):

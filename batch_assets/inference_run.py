@@ -1,7 +1,13 @@
-"""The inference asset: run every valid request of a batch through the vLLM engine once."""
+"""The inference asset: run every valid request of a batch through the vLLM engine once.
+
+A run in the overnight slot carries the slot's end (tag ``batch/slot_end``): there the asset
+stops taking new requests, keeps what finished, and leaves the rest for the next slot without
+materializing, so the results wait. At the batch's ``expires_at`` it stops the same way and
+materializes, and ``batch_results`` reports the unfinished lines as ``batch_expired``.
+"""
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -18,6 +24,8 @@ from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 from resources.vllm_to_openai import ResponseBuilder
 
+SLOT_END_TAG = "batch/slot_end"
+
 
 def pending_requests(
     storage: BatchStorage, manifest: dict[str, Any], done: set[int]
@@ -31,6 +39,51 @@ def pending_requests(
         yield from frame.iter_rows()
 
 
+def run_requests(
+    context: dg.AssetExecutionContext,
+    storage: BatchStorage,
+    engine: VLLMEngine,
+    manifest: dict[str, Any],
+    pending: Iterable[tuple[int, str]],
+    deadline: float | None = None,
+) -> tuple[LoopStats, float]:
+    """Run ``pending`` on the engine (loaded here), journaling; returns stats and load time."""
+    batch_id = context.partition_key
+    started = time.monotonic()
+    runner = "pooling" if manifest["endpoint"] == EMBEDDINGS_URL else "generate"
+    llm = engine.load(runner)
+    load_s = time.monotonic() - started
+    max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+    attempt = f"{int(time.time() * 1000)}-{context.run_id[:8]}"
+    with JournalWriter(storage, BatchPaths(batch_id).journal, attempt) as journal:
+        loop = InferenceLoop(
+            llm=llm,
+            requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens),
+            responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer()),
+            journal=journal,
+            batch_id=batch_id,
+            endpoint=manifest["endpoint"],
+            window=engine.max_pending_requests or 4 * max_num_seqs,
+            deadline=deadline,
+            on_progress=lambda s: context.log.info(
+                "batch %s: %d done in this run, %.1f req/s, %.0f output tok/s",
+                batch_id,
+                s.requests,
+                s.requests_per_s,
+                s.output_tokens_per_s,
+            ),
+        )
+        return loop.run(pending), load_s
+
+
+def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple[float, str]:
+    """The earlier of the batch's expiry and the slot's end, and which one it is."""
+    deadlines = [(float(batch["expires_at"]), "completion window")]
+    if slot_end := context.run.tags.get(SLOT_END_TAG):
+        deadlines.append((float(slot_end), "overnight slot"))
+    return min(deadlines)
+
+
 @dg.asset(
     partitions_def=batch_partitions,
     deps=[batch_input],
@@ -38,17 +91,18 @@ def pending_requests(
     kinds={"vllm"},
     description="Every valid request run through one vLLM engine, journaled as it finishes.",
     pool="gpu",
+    output_required=False,
 )
-def batch_inference(
-    context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine
-) -> dg.MaterializeResult:
+def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine):
     batch_id = context.partition_key
     paths = BatchPaths(batch_id)
     manifest = storage.read_json(paths.manifest)
     done = journaled_lines(storage, paths.journal)
     todo = manifest["requests"] - len(done)
-    if read_batch(storage, batch_id)["status"] == "validating":
+    batch = read_batch(storage, batch_id)
+    if batch["status"] == "validating":
         update_batch(storage, batch_id, status="in_progress")
+    deadline, deadline_name = _deadline(context, batch)
     context.log.info(
         "batch %s: %d requests, %d already journaled, %d to run",
         batch_id,
@@ -56,39 +110,25 @@ def batch_inference(
         len(done),
         todo,
     )
-    stats = LoopStats()
-    load_s = 0.0
-    if todo > 0:
-        started = time.monotonic()
-        runner = "pooling" if manifest["endpoint"] == EMBEDDINGS_URL else "generate"
-        llm = engine.load(runner)
-        load_s = time.monotonic() - started
-        max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
-        attempt = f"{int(time.time() * 1000)}-{context.run_id[:8]}"
-        with JournalWriter(storage, paths.journal, attempt) as journal:
-            loop = InferenceLoop(
-                llm=llm,
-                requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens),
-                responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer()),
-                journal=journal,
-                batch_id=batch_id,
-                endpoint=manifest["endpoint"],
-                window=engine.max_pending_requests or 4 * max_num_seqs,
-                on_progress=lambda s: context.log.info(
-                    "batch %s: %d/%d done, %.1f req/s, %.0f output tok/s",
-                    batch_id,
-                    len(done) + s.requests,
-                    manifest["requests"],
-                    s.requests_per_s,
-                    s.output_tokens_per_s,
-                ),
-            )
-            stats = loop.run(pending_requests(storage, manifest, done))
-    return dg.MaterializeResult(
+    stats, load_s = LoopStats(), 0.0
+    if todo > 0 and time.time() < deadline:
+        stats, load_s = run_requests(
+            context, storage, engine, manifest, pending_requests(storage, manifest, done), deadline
+        )
+    remaining = todo - stats.requests
+    if remaining > 0 and deadline_name == "overnight slot":
+        context.log.info(
+            "batch %s: the overnight slot ended with %d requests left; they run in the next slot",
+            batch_id,
+            remaining,
+        )
+        return  # not materialized: batch_results waits for the next slot
+    yield dg.MaterializeResult(
         metadata={
             "requests_total": manifest["requests"],
             "requests_done_before": len(done),
             "requests_done_this_run": stats.requests,
+            "requests_left_at_expiry": remaining,
             "rejected_by_engine": stats.rejected,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,

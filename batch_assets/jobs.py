@@ -4,11 +4,17 @@ import dagster as dg
 
 from batch_assets.inference_run import batch_inference
 from batch_assets.input_file import batch_input
+from batch_assets.preview import batch_preview
 from batch_assets.result_files import batch_results
 
-batch_assets = [batch_input, batch_inference, batch_results]
+batch_assets = [batch_input, batch_inference, batch_results, batch_preview]
 batch_job = dg.define_asset_job(
     "batch_job",
-    selection=dg.AssetSelection.assets(*batch_assets),
+    selection=dg.AssetSelection.assets(batch_input, batch_inference, batch_results),
     description="Validate, run and publish one batch (one partition).",
+)
+preview_job = dg.define_asset_job(
+    "preview_job",
+    selection=dg.AssetSelection.assets(batch_input, batch_preview),
+    description="Validate a batch and answer its first requests (overnight uploads).",
 )

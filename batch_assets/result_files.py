@@ -1,6 +1,7 @@
 """The result asset: output.jsonl, errors.jsonl and batch.json in the outbox, in input order."""
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -44,13 +45,19 @@ def line_error_line(
     )
 
 
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
 def _answers(
     storage: BatchStorage,
     paths: BatchPaths,
     manifest: dict[str, Any],
     journal: dict[int, JournalRecord],
 ) -> Iterator[tuple[int, bool, str]]:
-    """``(line, ok, output_line)`` for every non-blank input line, in input order."""
+    """``(line, ok, output_line)`` for every non-blank input line, in input order.
+
+    A valid request with no journal record (the batch expired first) is ``batch_expired``.
+    """
     with storage.open_read(paths.line_errors) as stream:
         errors = pl.read_parquet(stream).iter_rows()
     next_error = next(errors, None)
@@ -62,8 +69,19 @@ def _answers(
             while next_error is not None and next_error[0] < line:
                 yield next_error[0], False, line_error_line(batch_id, *next_error)
                 next_error = next(errors, None)
-            record = journal[line]
-            yield line, record.status_code == 200, success_line(batch_id, line, custom_id, record)
+            record = journal.get(line)
+            if record is None:
+                yield (
+                    line,
+                    False,
+                    line_error_line(batch_id, line, custom_id, "batch_expired", EXPIRED_MESSAGE),
+                )
+            else:
+                yield (
+                    line,
+                    record.status_code == 200,
+                    success_line(batch_id, line, custom_id, record),
+                )
     while next_error is not None:
         yield next_error[0], False, line_error_line(batch_id, *next_error)
         next_error = next(errors, None)
@@ -131,12 +149,14 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     manifest = storage.read_json(paths.manifest)
     journal = read_journal(storage, paths.journal)
     missing = manifest["requests"] - len(journal)
-    if missing > 0:
+    batch = read_batch(storage, batch_id)
+    expired = missing > 0 and time.time() >= batch["expires_at"]
+    if missing > 0 and not expired:
         raise dg.Failure(
             f"batch {batch_id}: {missing} requests have no result yet; "
             "materialize batch_inference for this partition first"
         )
-    if read_batch(storage, batch_id)["status"] not in ("finalizing", "completed"):
+    if batch["status"] not in ("finalizing", "completed", "expired"):
         update_batch(storage, batch_id, status="finalizing")
     completed = failed = 0
     preview: list[dict[str, Any]] = []
@@ -159,7 +179,7 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     update_batch(
         storage,
         batch_id,
-        status="completed",
+        status="expired" if expired else "completed",
         request_counts=counts,
         usage=usage,
         output_file_id=paths.output,
@@ -167,18 +187,19 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     )
     return dg.MaterializeResult(
         metadata={
+            "status": "expired" if expired else "completed",
             "request_counts": dg.MetadataValue.json(counts),
             "usage": dg.MetadataValue.json(usage),
             "output": dg.MetadataValue.path(storage.url(paths.output)),
             "errors": dg.MetadataValue.path(storage.url(paths.errors)),
             "batch_json": dg.MetadataValue.path(storage.url(paths.batch_json)),
-            "preview": dg.MetadataValue.md(_preview_table(preview)),
+            "preview": dg.MetadataValue.md(preview_table(preview)),
         },
         check_results=checks,
     )
 
 
-def _preview_table(rows: list[dict[str, Any]]) -> str:
+def preview_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| custom_id | status | result |", "|---|---|---|"]
     for row in rows:
         response = row.get("response")

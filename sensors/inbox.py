@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from batch_assets.batch_object import register_batch, update_batch
-from batch_assets.jobs import batch_job
+from batch_assets.jobs import batch_job, preview_job
 from batch_assets.partitions import batch_partitions
 from resources.storage import BatchStorage, ObjectInfo
 
@@ -79,7 +79,7 @@ def scan_inbox(
 
 
 @dg.sensor(
-    job=batch_job,
+    jobs=[batch_job, preview_job],
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Registers each new inbox upload as a batch and runs it; queues overnight ones.",
@@ -91,20 +91,32 @@ def inbox_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage) -> 
     for info in uploads:
         batch_id = register_batch(storage, info.key, info)
         batch_ids.append(batch_id)
+        tags = {"batch/input": info.key}
         if info.key.startswith(OVERNIGHT):
             storage.write_json(f"{OVERNIGHT_QUEUE}/{batch_id}.json", {"input": info.key})
             batch = storage.read_json(f"outbox/{batch_id}/batch.json")
             update_batch(storage, batch_id, metadata={**batch["metadata"], "slot": "overnight"})
             queued.append(info.key)
-            continue
-        run_requests.append(
-            dg.RunRequest(run_key=batch_id, partition_key=batch_id, tags={"batch/input": info.key})
-        )
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"{batch_id}:preview",
+                    tags=tags,
+                    job_name=preview_job.name,
+                    partition_key=batch_id,
+                )
+            )
+        else:
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=batch_id, tags=tags, job_name=batch_job.name, partition_key=batch_id
+                )
+            )
     if uploads:
         context.log.info(
-            "%d new uploads: %d to run, %d queued for the overnight slot (%s)",
+            "%d new uploads: %d to run now, %d queued for the overnight slot and "
+            "previewed now (%s)",
             len(uploads),
-            len(run_requests),
+            len(uploads) - len(queued),
             len(queued),
             ", ".join(queued),
         )

@@ -1,15 +1,19 @@
 """The nightly overnight slot: launch the batches uploaded under ``inbox/overnight/``.
 
 The cron and time zone come from ``BATCH_OVERNIGHT_CRON`` (default ``0 1 * * *``, 01:00) and
-``BATCH_OVERNIGHT_TIMEZONE`` (default UTC). A queued batch that is not finished is launched
-again the next night (a new run key per night) and resumes from its journal.
+``BATCH_OVERNIGHT_TIMEZONE`` (default UTC); the slot lasts ``BATCH_OVERNIGHT_HOURS`` (default
+6). At the slot's end a run stops taking new requests and keeps what finished; a queued batch
+that is not finished is launched again the next night (a new run key per night) and resumes
+from its journal, until it completes or its completion window expires.
 """
 
+import datetime as dt
 import os
 
 import dagster as dg
 
 from batch_assets.batch_object import TERMINAL_STATUSES, read_batch
+from batch_assets.inference_run import SLOT_END_TAG
 from batch_assets.jobs import batch_job
 from resources.storage import BatchStorage
 from sensors.inbox import OVERNIGHT_QUEUE
@@ -23,7 +27,10 @@ from sensors.inbox import OVERNIGHT_QUEUE
     description="Runs the batches queued under inbox/overnight/ in the nightly slot.",
 )
 def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: BatchStorage):
-    night = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    start = context.scheduled_execution_time
+    night = start.strftime("%Y-%m-%d")
+    hours = float(os.environ.get("BATCH_OVERNIGHT_HOURS", "6"))
+    slot_end = (start + dt.timedelta(hours=hours)).timestamp()
     requests = []
     for info in storage.list(OVERNIGHT_QUEUE):
         batch_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
@@ -33,7 +40,7 @@ def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: BatchStor
             dg.RunRequest(
                 run_key=f"{batch_id}:{night}",
                 partition_key=batch_id,
-                tags={"batch/slot": "overnight"},
+                tags={"batch/slot": "overnight", SLOT_END_TAG: f"{slot_end:.0f}"},
             )
         )
     if not requests:

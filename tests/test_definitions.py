@@ -13,8 +13,9 @@ def test_definitions_load_with_the_batch_graph():
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     keys = {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()}
-    assert keys == {"batch_input", "batch_inference", "batch_results"}
+    assert keys == {"batch_input", "batch_inference", "batch_results", "batch_preview"}
     assert defs.resolve_job_def("batch_job") is not None
+    assert defs.resolve_job_def("preview_job") is not None
     checks = {key.name for key in repo.asset_graph.asset_check_keys}
     assert checks == {"every_line_accounted_for", "no_duplicate_custom_id_in_output"}
     inference = repo.assets_defs_by_key[dg.AssetKey("batch_inference")]

@@ -70,9 +70,13 @@ def test_overnight_uploads_wait_for_the_nightly_slot(storage):
         storage.write_bytes("inbox/now.jsonl", LINE)
         storage.write_bytes("inbox/overnight/later.jsonl", LINE)
         result, added = tick(instance, storage, None)
-        assert [r.tags["batch/input"] for r in result.run_requests] == ["inbox/now.jsonl"]
         assert len(added) == 2
-        later = next(k for k in added if k != result.run_requests[0].partition_key)
+        jobs = {r.tags["batch/input"]: r for r in result.run_requests}
+        assert jobs["inbox/now.jsonl"].job_name == "batch_job"
+        preview = jobs["inbox/overnight/later.jsonl"]  # previewed at once, run at night
+        assert preview.job_name == "preview_job"
+        later = preview.partition_key
+        assert preview.run_key == f"{later}:preview"
         assert read_batch(storage, later)["metadata"]["slot"] == "overnight"
 
         night = dt.datetime(2026, 11, 23, 1, 0, tzinfo=dt.UTC)
@@ -82,6 +86,8 @@ def test_overnight_uploads_wait_for_the_nightly_slot(storage):
         requests = overnight_schedule(context)
         assert [r.partition_key for r in requests] == [later]
         assert requests[0].run_key == f"{later}:2026-11-23"
+        slot_end = dt.datetime(2026, 11, 23, 7, 0, tzinfo=dt.UTC).timestamp()
+        assert requests[0].tags["batch/slot_end"] == f"{slot_end:.0f}"  # a 6-hour slot
 
         update_batch(storage, later, status="completed")  # a finished batch is not relaunched
         context = dg.build_schedule_context(
@@ -106,11 +112,11 @@ def test_more_than_1000_uploads_are_all_picked_up_across_ticks_and_a_restart(sto
                 )
         seen: list[str] = []
         cursor = None
-        for _ in range(7):  # 200 per tick
+        for n in range(7):  # 200 per tick
             result, _ = tick(instance, storage, cursor)
             seen += [r.tags["batch/input"] for r in result.run_requests]
             cursor = result.cursor
-            if _ == 2:  # a restart: a fresh sensor context that only has the stored cursor
+            if n == 2:  # a restart: a fresh sensor context that only has the stored cursor
                 cursor = InboxCursor.parse(cursor).dump()
         assert len(seen) == 1203 and len(set(seen)) == 1203
         final, _ = tick(instance, storage, cursor)

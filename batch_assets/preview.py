@@ -1,0 +1,65 @@
+"""The preview of an overnight batch: its first valid requests, run as soon as the GPU is free.
+
+So a bad prompt is caught before the night instead of after it. The answers are journaled
+like any other, so the overnight run does not compute them again, and land in
+``outbox/<batch_id>/preview.jsonl`` and in the asset's metadata.
+"""
+
+import itertools
+import json
+
+import dagster as dg
+import polars as pl
+
+from batch_assets.batch_object import BatchPaths
+from batch_assets.inference_run import pending_requests, run_requests
+from batch_assets.input_file import batch_input
+from batch_assets.journal import read_journal
+from batch_assets.partitions import batch_partitions
+from batch_assets.result_files import preview_table, success_line
+from resources.storage import BatchStorage
+from resources.vllm_engine import VLLMEngine
+
+PREVIEW_REQUESTS = 10
+
+
+@dg.asset(
+    partitions_def=batch_partitions,
+    deps=[batch_input],
+    group_name="batch",
+    kinds={"vllm"},
+    description=f"The first {PREVIEW_REQUESTS} valid requests of a batch, answered at once.",
+    pool="gpu",
+)
+def batch_preview(
+    context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine
+) -> dg.MaterializeResult:
+    paths = BatchPaths(context.partition_key)
+    manifest = storage.read_json(paths.manifest)
+    first = list(itertools.islice(pending_requests(storage, manifest, set()), PREVIEW_REQUESTS))
+    done = read_journal(storage, paths.journal)
+    todo = [(line, body) for line, body in first if line not in done]
+    if todo:
+        run_requests(context, storage, engine, manifest, todo)
+        done = read_journal(storage, paths.journal)
+    lines = [line for line, _ in first]
+    custom_ids = _custom_ids(storage, manifest, set(lines))
+    text = "".join(
+        success_line(paths.batch_id, line, custom_ids[line], done[line]) for line in lines
+    )
+    key = f"{paths.outbox}/preview.jsonl"
+    storage.write_bytes(key, text.encode())
+    rows = [json.loads(raw) for raw in text.splitlines()]
+    return dg.MaterializeResult(
+        metadata={
+            "preview": dg.MetadataValue.md(preview_table(rows)),
+            "requests": len(rows),
+            "path": dg.MetadataValue.path(storage.url(key)),
+        }
+    )
+
+
+def _custom_ids(storage: BatchStorage, manifest: dict, lines: set[int]) -> dict[int, str]:
+    with storage.open_read(manifest["shards"][0]["key"]) as stream:
+        frame = pl.read_parquet(stream, columns=["line", "custom_id"])
+    return dict(frame.filter(pl.col("line").is_in(list(lines))).iter_rows())
