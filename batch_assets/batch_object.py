@@ -111,6 +111,13 @@ def update_batch(storage: BatchStorage, batch_id: str, **changes: Any) -> dict[s
     return batch
 
 
+def root_cause_message(error: Any) -> str:
+    """The innermost message of a Dagster ``SerializableErrorInfo`` chain (the real reason)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def fail_batch(
     storage: BatchStorage, batch_id: str, code: str, message: str, line: int | None = None
 ) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from batch_assets.batch_object import BatchPaths, read_batch, register_batch
+from batch_assets.batch_object import BatchPaths, read_batch, register_batch, root_cause_message
 from batch_assets.definitions import DEFAULT_MODEL, DEFAULT_STORAGE
 from batch_assets.jobs import batch_assets, batch_job
 from batch_assets.partitions import batch_partitions
@@ -73,7 +73,7 @@ def run_file(
     batch = read_batch(storage, batch_id)
     if not result.success and batch["status"] != "failed":
         failure = next((e for e in result.all_events if e.is_step_failure), None)
-        reason = failure.step_failure_data.error.message.strip() if failure else "run failed"
+        reason = root_cause_message(failure.step_failure_data.error) if failure else "run failed"
         batch = dict(
             batch,
             status="failed",

@@ -2,7 +2,12 @@
 
 import dagster as dg
 
-from batch_assets.batch_object import TERMINAL_STATUSES, fail_batch, read_batch
+from batch_assets.batch_object import (
+    TERMINAL_STATUSES,
+    fail_batch,
+    read_batch,
+    root_cause_message,
+)
 from batch_assets.jobs import batch_job
 from resources.storage import BatchStorage
 
@@ -35,5 +40,10 @@ def batch_failure_sensor(context: dg.RunFailureSensorContext, storage: BatchStor
         return
     if read_batch(storage, batch_id)["status"] in TERMINAL_STATUSES:
         return
-    reason = context.failure_event.message or "the batch run failed"
-    fail_batch(storage, batch_id, "run_failed", f"{reason} (run {run.run_id})")
+    steps = [
+        f"{event.step_key}: {root_cause_message(event.step_failure_data.error)}"
+        for event in context.get_step_failure_events()
+        if event.step_failure_data and event.step_failure_data.error
+    ]
+    reason = "; ".join(steps) or context.failure_event.message or "the batch run failed"
+    fail_batch(storage, batch_id, "run_failed", f"{reason[:900]} (run {run.run_id})")

@@ -75,7 +75,9 @@ class DagsterDev:
             return list(instance.get_runs(dg.RunsFilter(job_name="batch_job")))
 
 
-def _wait_for_completed(storage: BatchStorage, dev: DagsterDev, timeout_s: float = 420):
+def _wait_for_completed(
+    storage: BatchStorage, dev: DagsterDev, count: int, timeout_s: float = 600
+) -> list[dict]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         batches = [
@@ -83,15 +85,18 @@ def _wait_for_completed(storage: BatchStorage, dev: DagsterDev, timeout_s: float
             for info in storage.list("outbox")
             if info.key.endswith("/batch.json")
         ]
-        if batches and batches[0]["status"] in ("completed", "failed"):
-            return batches[0]
+        finished = [b for b in batches if b["status"] in ("completed", "failed")]
+        if len(finished) == count:
+            return finished
         assert dev.process.poll() is None, dev.tail()
         assert "Error loading repository location" not in dev.tail(), dev.tail()
         time.sleep(2)
-    raise TimeoutError(f"no completed batch.json; runs: {dev.runs()}\n{dev.tail()}")
+    raise TimeoutError(f"batches not finished; runs: {dev.runs()}\n{dev.tail()}")
 
 
-def _run_upload(storage: BatchStorage, env: dict[str, str], home: Path) -> DagsterDev:
+def _run_uploads(
+    storage: BatchStorage, env: dict[str, str], home: Path, uploads: int
+) -> DagsterDev:
     dev = DagsterDev(
         home,
         {
@@ -103,33 +108,41 @@ def _run_upload(storage: BatchStorage, env: dict[str, str], home: Path) -> Dagst
     )
     try:
         dev.wait_ready()
-        content = (
-            "\n".join(
-                [request_line(f"e2e-{i}", chat_body(f"river {i}")) for i in range(12)] + ["{broken"]
+        for n in range(uploads):
+            content = (
+                "\n".join(
+                    [request_line(f"e2e-{i}", chat_body(f"river {n} {i}")) for i in range(12)]
+                    + ["{broken"]
+                )
+                + "\n"
             )
-            + "\n"
-        )
-        storage.write_bytes("inbox/e2e.jsonl", content.encode())
-        batch = _wait_for_completed(storage, dev)
-        oa.Batch.model_validate(batch)
-        assert batch["status"] == "completed", json.dumps(batch)
-        assert batch["request_counts"] == {"total": 13, "completed": 12, "failed": 1}
-        output = storage.read_bytes(batch["output_file_id"]).decode().splitlines()
-        assert len(output) == 12
-        time.sleep(25)  # two more sensor ticks: the same upload must not run again
+            storage.write_bytes(f"inbox/e2e-{n}.jsonl", content.encode())
+        batches = _wait_for_completed(storage, dev, uploads)
+        for batch in batches:
+            oa.Batch.model_validate(batch)
+            assert batch["status"] == "completed", json.dumps(batch)
+            assert batch["request_counts"] == {"total": 13, "completed": 12, "failed": 1}
+            output = storage.read_bytes(batch["output_file_id"]).decode().splitlines()
+            assert len(output) == 12
+        time.sleep(25)  # two more sensor ticks: the same uploads must not run again
         runs = dev.runs()
-        assert len(runs) == 1, runs
-        assert runs[0].tags["dagster/partition"] == batch["id"]
+        assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(b["id"] for b in batches)
         return dev
     except BaseException:
         dev.stop()
         raise
 
 
-def test_an_upload_to_a_local_inbox_runs_once_and_the_ui_renders(tiny_model, tmp_path):
+def test_uploads_to_a_local_inbox_run_once_one_at_a_time_and_the_ui_renders(tiny_model, tmp_path):
     storage = BatchStorage(root=str(tmp_path / "storage"))
-    dev = _run_upload(storage, {}, tmp_path / "home")
+    dev = _run_uploads(storage, {}, tmp_path / "home", uploads=3)
     try:
+        # One GPU pool slot (the shipped dagster.yaml): the three runs never overlapped.
+        with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+            records = instance.get_run_records(dg.RunsFilter(job_name="batch_job"))
+        spans = sorted((r.start_time, r.end_time) for r in records)
+        assert len(spans) == 3
+        assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:]))
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium is None and not os.environ.get("CI"):
             pytest.skip("chromium is not installed (.ci/run installs it)")
@@ -162,4 +175,4 @@ def test_an_upload_to_a_local_inbox_runs_once_and_the_ui_renders(tiny_model, tmp
 def test_an_upload_to_an_s3_inbox_runs_once(tiny_model, s3_server, tmp_path):
     storage = BatchStorage(root="s3://batches/e2e", endpoint_url=s3_server.endpoint)
     env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
-    _run_upload(storage, env, tmp_path / "home").stop()
+    _run_uploads(storage, env, tmp_path / "home", uploads=1).stop()
