@@ -2,6 +2,7 @@
 an upload to the inbox is picked up by the sensor, run once, and published; the UI renders
 the asset graph."""
 
+import itertools
 import json
 import os
 import shutil
@@ -142,7 +143,7 @@ def test_uploads_to_a_local_inbox_run_once_one_at_a_time_and_the_ui_renders(tiny
             records = instance.get_run_records(dg.RunsFilter(job_name="batch_job"))
         spans = sorted((r.start_time, r.end_time) for r in records)
         assert len(spans) == 3
-        assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:]))
+        assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium is None and not os.environ.get("CI"):
             pytest.skip("chromium is not installed (.ci/run installs it)")
