@@ -5,7 +5,7 @@ export TOKENIZERS_PARALLELISM := false
 VENV := .venv/bin
 MODEL := models/tiny-chat
 
-.PHONY: install model demo test test-fast lint bench
+.PHONY: install model demo test test-fast lint dev
 
 install:
 	scripts/install.sh
@@ -28,3 +28,8 @@ test-fast: model
 lint: install
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
+
+dev: model
+	mkdir -p dagster_home
+	DAGSTER_HOME=$(CURDIR)/dagster_home BATCH_SERVED_MODEL_NAME=$${BATCH_SERVED_MODEL_NAME:-tiny-chat} \
+		$(VENV)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
