@@ -8,13 +8,17 @@ from batch_assets.preview import batch_preview
 from batch_assets.result_files import batch_results
 
 batch_assets = [batch_input, batch_inference, batch_results, batch_preview]
+# Runs that load an engine: the shipped instance limits them to one per GPU by this tag.
+GPU_TAGS = {"batch/gpu": "engine"}
 batch_job = dg.define_asset_job(
     "batch_job",
     selection=dg.AssetSelection.assets(batch_input, batch_inference, batch_results),
     description="Validate, run and publish one batch (one partition).",
+    tags=GPU_TAGS,
 )
 preview_job = dg.define_asset_job(
     "preview_job",
     selection=dg.AssetSelection.assets(batch_input, batch_preview),
     description="Validate a batch and answer its first requests (overnight uploads).",
+    tags=GPU_TAGS,
 )
