@@ -8,7 +8,7 @@ rejection there is an HTTP-400-style error line, as the OpenAI Batch API reports
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
@@ -48,31 +48,25 @@ class ChatBody(_Body):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
 
 
+def _not_empty(value: Any) -> Any:
+    if isinstance(value, list) and not value:
+        raise ValueError("must not be an empty list")
+    return value
+
+
 _TokenIds = list[int]
-PromptInput = StrictStr | list[StrictStr] | _TokenIds | list[_TokenIds]
+PromptInput = Annotated[
+    StrictStr | list[StrictStr] | _TokenIds | list[_TokenIds], AfterValidator(_not_empty)
+]
 
 
 class CompletionBody(_Body):
     prompt: PromptInput
 
-    @field_validator("prompt")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt must not be an empty list")
-        return value
-
 
 class EmbeddingBody(_Body):
     input: PromptInput
     encoding_format: Literal["float", "base64"] | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("input must not be an empty list")
-        return value
 
 
 BODY_MODELS: dict[str, type[_Body]] = {

@@ -33,6 +33,18 @@ def free_port() -> int:
     raise RuntimeError("no free port pair")
 
 
+def stop_process_group(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM a process started with ``start_new_session``, then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
     if not Path(found).exists():
@@ -84,13 +96,8 @@ class SeaweedFS:
         raise RuntimeError("SeaweedFS did not answer in time")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process:
+            stop_process_group(self.process, timeout_s=15)
 
     def client(self):
         return boto3.client(

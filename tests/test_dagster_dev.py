@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -18,7 +17,7 @@ import pytest
 
 from resources.storage import BatchStorage
 from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line
-from tests.seaweedfs import free_port
+from tests.seaweedfs import free_port, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +62,7 @@ class DagsterDev:
         return (self.home / "dagster-dev.log").read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process, timeout_s=30)
         self.log.close()
 
     def runs(self) -> list[dg.DagsterRun]:
