@@ -1,14 +1,15 @@
-"""Pydantic models for one line of an OpenAI Batch input file.
+"""The shapes of one line of an OpenAI Batch input file (msgspec structs: fast, strict).
 
 These checks run in the input stage, before any engine is loaded: they decide whether a line
 *becomes a request*. Whether the engine accepts the request's parameters (ranges, context
 length, structured-output schemas) is decided later by vLLM's own request models, and a
 rejection there is an HTTP-400-style error line, as the OpenAI Batch API reports it.
+Unknown fields are allowed everywhere and kept: the body is stored as the original JSON text.
 """
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
+import msgspec
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
@@ -16,72 +17,102 @@ EMBEDDINGS_URL = "/v1/embeddings"
 SUPPORTED_URLS = (CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL)
 
 
-class _Body(BaseModel):
-    """Fields common to every endpoint; unknown fields are kept and passed on."""
+class RequestLine(msgspec.Struct):
+    """The envelope: ``{"custom_id", "method", "url", "body"}``; ``body`` kept as raw JSON."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: StrictStr
-    stream: bool | None = None
-
-    @field_validator("stream")
-    @classmethod
-    def _no_streaming(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("stream=true is not supported in a batch")
-        return value
+    custom_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    method: str
+    url: str
+    body: msgspec.Raw
 
 
-class _TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: StrictStr
-    text: StrictStr | None = None
+class TextPart(msgspec.Struct):
+    type: str
+    text: str | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ChatMessage(msgspec.Struct):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: StrictStr | list[_TextPart] | None = None
+    content: str | list[TextPart] | None = None
+
+
+class _Body(msgspec.Struct):
+    model: str
+    stream: bool | None = None
 
 
 class ChatBody(_Body):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-
-
-def _not_empty(value: Any) -> Any:
-    if isinstance(value, list) and not value:
-        raise ValueError("must not be an empty list")
-    return value
-
-
-_TokenIds = list[int]
-PromptInput = Annotated[
-    StrictStr | list[StrictStr] | _TokenIds | list[_TokenIds], AfterValidator(_not_empty)
-]
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class CompletionBody(_Body):
-    prompt: PromptInput
+    prompt: str | list[Any] | None = None
 
 
 class EmbeddingBody(_Body):
-    input: PromptInput
+    input: str | list[Any] | None = None
     encoding_format: Literal["float", "base64"] | None = None
 
 
-BODY_MODELS: dict[str, type[_Body]] = {
+BODY_TYPES: dict[str, type[_Body]] = {
     CHAT_URL: ChatBody,
     COMPLETIONS_URL: CompletionBody,
     EMBEDDINGS_URL: EmbeddingBody,
 }
+_DECODERS = {url: msgspec.json.Decoder(kind) for url, kind in BODY_TYPES.items()}
+ENVELOPE_DECODER = msgspec.json.Decoder(RequestLine)
 
 
-class RequestLine(BaseModel):
-    """The envelope of one input line: ``{"custom_id", "method", "url", "body"}``."""
+def _prompt_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not an OpenAI prompt/input (a string, strings, token ids), or None."""
+    if value is None:
+        return f"`{name}` is required"
+    if isinstance(value, str):
+        return None
+    if not value:
+        return f"`{name}` must not be an empty list"
+    if all(isinstance(v, str) for v in value):
+        return None
+    if all(type(v) is int for v in value):
+        return None
+    if all(isinstance(v, list) and v and all(type(t) is int for t in v) for v in value):
+        return None
+    return f"`{name}` must be a string, a list of strings, token ids or lists of token ids"
 
-    model_config = ConfigDict(extra="allow")
 
-    custom_id: Annotated[StrictStr, Field(min_length=1, max_length=512)]
-    method: StrictStr
-    url: StrictStr
-    body: dict[str, Any]
+def decode_body(url: str, raw: bytes) -> _Body:
+    """The body of a request for ``url``; raises ValueError with a readable reason."""
+    try:
+        body = _DECODERS[url].decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc).replace("`$", "`body")) from exc
+    if isinstance(body, ChatBody) and not body.messages:
+        raise ValueError("`messages` is required and must not be empty")
+    if isinstance(body, CompletionBody) and (problem := _prompt_problem("prompt", body.prompt)):
+        raise ValueError(problem)
+    if isinstance(body, EmbeddingBody) and (problem := _prompt_problem("input", body.input)):
+        raise ValueError(problem)
+    if body.stream:
+        raise ValueError("stream=true is not supported in a batch")
+    return body
+
+
+def prompt_chars(body: _Body) -> int:
+    """Characters of prompt text (token ids count 4 each), for a rough token estimate."""
+    if isinstance(body, ChatBody):
+        total = 0
+        for message in body.messages:
+            if isinstance(message.content, str):
+                total += len(message.content)
+            elif message.content:
+                total += sum(len(part.text or "") for part in message.content)
+        return total
+    value = body.prompt if isinstance(body, CompletionBody) else body.input
+    if isinstance(value, str):
+        return len(value)
+    return sum(
+        len(v) if isinstance(v, str) else 4 * (len(v) if isinstance(v, list) else 1)
+        for v in value or ()
+    )

@@ -5,18 +5,23 @@ with one enormous line. Bad lines become error rows (line number, code, reason);
 the file itself raise :class:`FileRejected`, which fails the batch with a readable reason.
 """
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import msgspec
 import polars as pl
-from pydantic import ValidationError
 
 from batch_assets.batch_object import BatchPaths
-from batch_assets.request_schema import BODY_MODELS, SUPPORTED_URLS, RequestLine
+from batch_assets.request_schema import (
+    ENVELOPE_DECODER,
+    SUPPORTED_URLS,
+    RequestLine,
+    decode_body,
+    prompt_chars,
+)
 from resources.storage import BatchStorage
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -54,6 +59,14 @@ class LineError:
     code: str
     message: str
     custom_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ValidLine:
+    custom_id: str
+    body_json: str  # the body exactly as uploaded
+    model: str
+    prompt_chars: int
 
 
 @dataclass
@@ -100,33 +113,6 @@ def iter_raw_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int
         yield number, content
 
 
-def _pydantic_reason(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]
-
-
-def _prompt_chars(body: dict[str, Any]) -> int:
-    if "messages" in body:
-        total = 0
-        for message in body["messages"]:
-            content = message.get("content")
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-        return total
-    value = body.get("prompt", body.get("input"))
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(
-            len(v) if isinstance(v, str) else 4 * len(v) if isinstance(v, list) else 4
-            for v in value
-        )
-    return 0
-
-
 class LineValidator:
     """Decide, line by line, whether a line becomes a request."""
 
@@ -135,46 +121,34 @@ class LineValidator:
         self.endpoint: str | None = None
         self.seen_ids: set[str] = set()
 
-    def check(self, number: int, content: bytes) -> tuple[RequestLine | None, LineError | None]:
+    def check(self, number: int, content: bytes) -> tuple[ValidLine | None, LineError | None]:
         try:
-            text = content.decode("utf-8")
+            content.decode("utf-8")
         except UnicodeDecodeError as exc:
             return None, LineError(number, "invalid_utf8", f"line is not valid UTF-8: {exc}")
         try:
-            raw = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            return None, LineError(number, "invalid_json_line", f"line is not valid JSON: {reason}")
-        if not isinstance(raw, dict):
-            return None, LineError(
-                number, "invalid_json_line", f"line is a JSON {type(raw).__name__}, not an object"
-            )
-        custom_id = raw.get("custom_id") if isinstance(raw.get("custom_id"), str) else None
-        try:
-            request = RequestLine.model_validate(raw)
-        except ValidationError as exc:
-            return None, LineError(number, "invalid_request", _pydantic_reason(exc), custom_id)
-        error = self._check_envelope(number, request)
-        if error is not None:
-            return None, error
-        if request.custom_id in self.seen_ids:
-            return None, LineError(
-                number,
-                "duplicate_custom_id",
-                f"custom_id {request.custom_id!r} already appears on an earlier line",
-                request.custom_id,
-            )
-        self.seen_ids.add(request.custom_id)
-        return request, None
+            request = ENVELOPE_DECODER.decode(content)
+        except msgspec.ValidationError as exc:
+            reason = str(exc)
+            if reason.startswith("Expected `object`"):
+                return None, LineError(
+                    number, "invalid_json_line", f"line is a JSON value, not an object: {reason}"
+                )
+            return None, LineError(number, "invalid_request", reason, _custom_id(content))
+        except msgspec.DecodeError as exc:
+            return None, LineError(number, "invalid_json_line", f"line is not valid JSON: {exc}")
+        return self._check_request(number, request)
 
-    def _check_envelope(self, number: int, request: RequestLine) -> LineError | None:
+    def _check_request(
+        self, number: int, request: RequestLine
+    ) -> tuple[ValidLine | None, LineError | None]:
         cid = request.custom_id
         if request.method.upper() != "POST":
-            return LineError(
+            return None, LineError(
                 number, "invalid_method", f"method must be POST, got {request.method!r}", cid
             )
         if request.url not in SUPPORTED_URLS:
-            return LineError(
+            return None, LineError(
                 number,
                 "invalid_url",
                 f"unsupported url {request.url!r}; use one of {', '.join(SUPPORTED_URLS)}",
@@ -183,27 +157,46 @@ class LineValidator:
         if self.endpoint is None:
             self.endpoint = request.url
         elif request.url != self.endpoint:
-            return LineError(
+            return None, LineError(
                 number,
                 "url_mismatch",
-                f"url {request.url!r} differs from the "
-                f"batch's endpoint {self.endpoint!r} (set by the first request)",
+                f"url {request.url!r} differs from "
+                f"the batch's endpoint {self.endpoint!r} (set by the first "
+                "request)",
                 cid,
             )
         try:
-            BODY_MODELS[request.url].model_validate(request.body)
-        except ValidationError as exc:
-            return LineError(number, "invalid_body", f"body.{_pydantic_reason(exc)}", cid)
-        model = request.body["model"]
-        if model not in self.served_models:
+            body = decode_body(request.url, request.body)
+        except ValueError as exc:
+            return None, LineError(number, "invalid_body", f"body: {exc}", cid)
+        if body.model not in self.served_models:
             served = ", ".join(sorted(self.served_models))
-            return LineError(
+            return None, LineError(
                 number,
                 "model_not_found",
-                f"model {model!r} is not served here (served: {served})",
+                f"model {body.model!r} is not served here (served: {served})",
                 cid,
             )
+        if cid in self.seen_ids:
+            return None, LineError(
+                number,
+                "duplicate_custom_id",
+                f"custom_id {cid!r} already appears on an earlier line",
+                cid,
+            )
+        self.seen_ids.add(cid)
+        return ValidLine(
+            cid, bytes(request.body).decode("utf-8"), body.model, prompt_chars(body)
+        ), None
+
+
+def _custom_id(content: bytes) -> str | None:
+    """The custom_id of a line that failed the envelope schema, if it has a string one."""
+    try:
+        value = msgspec.json.decode(content, type=dict).get("custom_id")
+    except msgspec.DecodeError:
         return None
+    return value if isinstance(value, str) else None
 
 
 class ShardWriter:
@@ -216,10 +209,10 @@ class ShardWriter:
         self.bodies: list[str] = []
         self.shards: list[dict[str, Any]] = []
 
-    def add(self, line: int, custom_id: str, body: dict[str, Any]) -> None:
+    def add(self, line: int, custom_id: str, body_json: str) -> None:
         self.lines.append(line)
         self.ids.append(custom_id)
-        self.bodies.append(json.dumps(body, ensure_ascii=False))
+        self.bodies.append(body_json)
         if len(self.lines) >= self.rows:
             self.flush()
 
@@ -304,9 +297,9 @@ def validate_input(
                 continue
             assert request is not None
             report.valid += 1
-            report.models[request.body["model"]] += 1
-            report.prompt_chars += _prompt_chars(request.body)
-            shards.add(number, request.custom_id, request.body)
+            report.models[request.model] += 1
+            report.prompt_chars += request.prompt_chars
+            shards.add(number, request.custom_id, request.body_json)
     shards.flush()
     report.invalid = len(errors)
     report.endpoint = validator.endpoint
