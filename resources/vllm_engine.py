@@ -21,6 +21,8 @@ Runner = Literal["generate", "pooling"]
 _CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 # Engines kept alive between runs of one process when ``keep_loaded`` is set.
 _KEPT: dict[str, "LLM"] = {}
+# Settings of the loop around the engine, not of the engine: one kept engine serves them all.
+_LOOP_ONLY = frozenset({"model_aliases", "clamp_max_tokens", "max_pending_requests", "keep_loaded"})
 
 
 class VLLMEngine(dg.ConfigurableResource):
@@ -85,8 +87,13 @@ class VLLMEngine(dg.ConfigurableResource):
         primary = self.served_model_name or self.model
         return [primary, *(a for a in self.model_aliases if a != primary)]
 
+    # Settings of the loop around the engine, not of the engine: a kept engine serves them all.
+    _LOOP_ONLY = frozenset(
+        {"model_aliases", "clamp_max_tokens", "max_pending_requests", "keep_loaded"}
+    )
+
     def _cache_key(self, runner: Runner) -> str:
-        return f"{runner}:{self.model_dump_json()}"
+        return f"{runner}:{self.model_dump_json(exclude=set(_LOOP_ONLY))}"
 
     def load(self, runner: Runner = "generate") -> "LLM":
         """The engine for ``runner``, loaded on first use in this step."""
