@@ -51,7 +51,7 @@ class BatchPaths:
 
     @property
     def line_errors(self) -> str:
-        return f"{self.work}/line_errors.parquet"
+        return f"{self.work}/line_errors"
 
     @property
     def journal(self) -> str:

@@ -1,24 +1,36 @@
 """``batch-infer``: put one file through the batch assets in-process, like the sensor would.
 
-    batch-infer run FILE.jsonl [--storage DIR] [--model PATH]
+    batch-infer run FILE.jsonl [--storage DIR] [--model PATH] [--project NAME]
+    batch-infer cancel BATCH_ID [--storage DIR] [--project NAME]
 
-Prints the batch id and the result paths; exits 0 when the batch completed (per-line errors
-included), 1 with the reason when it failed. Run again on the same file, it resumes the same
-batch and does not recompute a finished one.
+``run`` prints the batch id and the result paths; it exits 0 when the batch completed
+(per-line errors included), 1 with the reason otherwise. Run again on the same file, it
+resumes the same batch and does not recompute a finished one. ``cancel`` asks a batch to stop
+(a run in progress anywhere stops within seconds and keeps its finished lines); if no run
+finishes the cancellation within ``--wait`` seconds, it publishes the results itself.
 """
 
 import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-from batch_assets.batch_object import BatchPaths, read_batch, register_batch, root_cause_message
+from batch_assets.batch_object import (
+    TERMINAL_STATUSES,
+    BatchPaths,
+    read_batch,
+    register_batch,
+    root_cause_message,
+)
+from batch_assets.cancellation import request_cancel
 from batch_assets.definitions import DEFAULT_MODEL, DEFAULT_STORAGE
-from batch_assets.jobs import batch_assets, batch_job
-from batch_assets.partitions import batch_partitions
+from batch_assets.jobs import batch_assets, batch_job, cancel_job
+from batch_assets.partitions import batch_partitions, partition_key
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 
@@ -45,6 +57,38 @@ def _inbox_key(storage: BatchStorage, file: Path) -> str:
     return key
 
 
+def _materialize(
+    job: Any,  # an asset job over batch_assets
+    storage: BatchStorage,
+    engine: VLLMEngine,
+    key: str,
+    instance: dg.DagsterInstance,
+    run_config: dict | None,
+    tags: dict[str, str],
+) -> dg.ExecuteInProcessResult:
+    instance.add_dynamic_partitions(batch_partitions.name, [key])
+    return dg.materialize(
+        batch_assets,
+        selection=job.selection,
+        partition_key=key,
+        instance=instance,
+        resources={"storage": storage, "engine": engine},
+        run_config=run_config,
+        raise_on_error=False,
+        tags=tags,
+    )
+
+
+def _with_failure(batch: dict, result: dg.ExecuteInProcessResult) -> dict:
+    """batch.json as the user should see it after ``result``."""
+    if result.success or batch["status"] == "failed":
+        return batch
+    failure = next((e for e in result.all_events if e.is_step_failure), None)
+    reason = root_cause_message(failure.step_failure_data.error) if failure else "run failed"
+    error = {"code": "run_failed", "message": reason, "line": None, "param": None}
+    return dict(batch, status="failed", errors={"object": "list", "data": [error]})
+
+
 def run_file(
     file: Path,
     storage: BatchStorage,
@@ -52,37 +96,50 @@ def run_file(
     instance: dg.DagsterInstance | None = None,
     run_config: dict | None = None,
     tags: dict[str, str] | None = None,
+    project: str | None = None,
 ) -> dict:
-    """Run ``file`` as a batch and return its batch.json."""
-    key = _inbox_key(storage, file)
-    batch_id = register_batch(storage, key)
-    if read_batch(storage, batch_id)["status"] == "completed":
-        return read_batch(storage, batch_id)
-    instance = instance or _instance(storage)
-    instance.add_dynamic_partitions(batch_partitions.name, [batch_id])
-    result = dg.materialize(
-        batch_assets,
-        selection=batch_job.selection,
-        partition_key=batch_id,
-        instance=instance,
-        resources={"storage": storage, "engine": engine},
-        run_config=run_config,
-        raise_on_error=False,
-        tags={"batch/input": key, **(tags or {})},
+    """Run ``file`` as a batch (of ``project``, if the storage has projects); its batch.json."""
+    tenant = storage.for_project(project)
+    key = _inbox_key(tenant, file)
+    batch_id = register_batch(tenant, key)
+    if read_batch(tenant, batch_id)["status"] in TERMINAL_STATUSES:
+        return read_batch(tenant, batch_id)
+    result = _materialize(
+        batch_job,
+        storage,
+        engine,
+        partition_key(project, batch_id),
+        instance or _instance(tenant),
+        run_config,
+        {"batch/input": key, **(tags or {})},
     )
-    batch = read_batch(storage, batch_id)
-    if not result.success and batch["status"] != "failed":
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        reason = root_cause_message(failure.step_failure_data.error) if failure else "run failed"
-        batch = dict(
-            batch,
-            status="failed",
-            errors={
-                "object": "list",
-                "data": [{"code": "run_failed", "message": reason, "line": None, "param": None}],
-            },
-        )
-    return batch
+    return _with_failure(read_batch(tenant, batch_id), result)
+
+
+def cancel_batch(
+    batch_id: str,
+    storage: BatchStorage,
+    engine: VLLMEngine,
+    instance: dg.DagsterInstance | None = None,
+    project: str | None = None,
+    wait_s: float = 30.0,
+) -> dict:
+    """Cancel ``batch_id``; publish its results here if no run does within ``wait_s``.
+
+    ``engine`` only names the served model (for validating a batch never validated); the
+    cancel job loads no engine.
+    """
+    tenant = storage.for_project(project)
+    request_cancel(tenant, batch_id)
+    deadline = time.monotonic() + wait_s
+    while read_batch(tenant, batch_id)["status"] not in TERMINAL_STATUSES:
+        if time.monotonic() >= deadline:
+            key = partition_key(project, batch_id)
+            instance = instance or _instance(tenant)
+            result = _materialize(cancel_job, storage, engine, key, instance, None, {})
+            return _with_failure(read_batch(tenant, batch_id), result)
+        time.sleep(1)
+    return read_batch(tenant, batch_id)
 
 
 def _print_result(storage: BatchStorage, batch: dict) -> int:
@@ -104,36 +161,70 @@ def _print_result(storage: BatchStorage, batch: dict) -> int:
     return 1
 
 
+def _storage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get("BATCH_STORAGE", DEFAULT_STORAGE),
+        help="storage root: a folder or s3://bucket/prefix (BATCH_STORAGE; default ./data)",
+    )
+    parser.add_argument(
+        "--project",
+        default=None,
+        help="the project (tenant) whose inbox and outbox to use, under <storage>/<project>",
+    )
+
+
+def _engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("BATCH_MODEL", DEFAULT_MODEL),
+        help="model folder or name (BATCH_MODEL)",
+    )
+    parser.add_argument(
+        "--served-model-name",
+        default=os.environ.get("BATCH_SERVED_MODEL_NAME"),
+        help="name body.model must use (BATCH_SERVED_MODEL_NAME; default: the --model value)",
+    )
+    parser.add_argument("--max-model-len", type=int, default=None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batch-infer", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one OpenAI-Batch JSONL file")
     run.add_argument("file", type=Path)
-    run.add_argument(
-        "--storage",
-        default=os.environ.get("BATCH_STORAGE", DEFAULT_STORAGE),
-        help="storage root folder (BATCH_STORAGE; default ./data)",
+    _storage_arguments(run)
+    _engine_arguments(run)
+    cancel = commands.add_parser("cancel", help="cancel a batch, keeping its finished lines")
+    cancel.add_argument("batch_id")
+    _storage_arguments(cancel)
+    _engine_arguments(cancel)
+    cancel.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to let a running batch stop by itself before publishing here",
     )
-    run.add_argument(
-        "--model",
-        default=os.environ.get("BATCH_MODEL", DEFAULT_MODEL),
-        help="model folder or name (BATCH_MODEL)",
-    )
-    run.add_argument(
-        "--served-model-name",
-        default=None,
-        help="name body.model must use (default: the --model value)",
-    )
-    run.add_argument("--max-model-len", type=int, default=None)
     args = parser.parse_args(argv)
-    if not args.file.is_file():
-        parser.error(f"no such file: {args.file}")
-    storage = BatchStorage(root=args.storage)
+    projects = [args.project] if args.project else []
+    storage = BatchStorage(root=args.storage, projects=projects)
+    tenant = storage.for_project(args.project)
     engine = VLLMEngine(
         model=args.model, served_model_name=args.served_model_name, max_model_len=args.max_model_len
     )
-    batch = run_file(args.file, storage, engine)
-    return _print_result(storage, batch)
+    if args.command == "cancel":
+        try:
+            batch = cancel_batch(
+                args.batch_id, storage, engine, project=args.project, wait_s=args.wait
+            )
+        except KeyError as missing:
+            parser.error(str(missing.args[0]))
+        _print_result(tenant, batch)
+        return 0 if batch["status"] == "cancelled" else 1
+    if not args.file.is_file():
+        parser.error(f"no such file: {args.file}")
+    batch = run_file(args.file, storage, engine, project=args.project)
+    return _print_result(tenant, batch)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from batch_assets.jobs import batch_assets, batch_job, preview_job
+from batch_assets.jobs import batch_assets, batch_job, cancel_job, preview_job
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 from sensors import definitions as sensor_definitions
@@ -14,9 +14,15 @@ DEFAULT_MODEL = "./models/tiny-chat"
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources from BATCH_STORAGE, BATCH_MODEL and BATCH_SERVED_MODEL_NAME; no I/O here."""
+    """Resources from BATCH_STORAGE, BATCH_PROJECTS, BATCH_MODEL and BATCH_SERVED_MODEL_NAME.
+
+    No I/O here: the code location loads without touching storage or a GPU.
+    """
+    projects = [p.strip() for p in os.environ.get("BATCH_PROJECTS", "").split(",") if p.strip()]
     return {
-        "storage": BatchStorage(root=os.environ.get("BATCH_STORAGE", DEFAULT_STORAGE)),
+        "storage": BatchStorage(
+            root=os.environ.get("BATCH_STORAGE", DEFAULT_STORAGE), projects=projects
+        ),
         "engine": VLLMEngine(
             model=os.environ.get("BATCH_MODEL", DEFAULT_MODEL),
             served_model_name=os.environ.get("BATCH_SERVED_MODEL_NAME"),
@@ -26,7 +32,9 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 defs = dg.Definitions.merge(
     dg.Definitions(
-        assets=batch_assets, jobs=[batch_job, preview_job], resources=default_resources()
+        assets=batch_assets,
+        jobs=[batch_job, preview_job, cancel_job],
+        resources=default_resources(),
     ),
     sensor_definitions.defs,
 )

@@ -10,6 +10,7 @@ journaled after every engine step.
 
 import hashlib
 import json
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from resources.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRej
 from resources.vllm_to_openai import ResponseBuilder
 
 _DONE = object()
+logger = logging.getLogger(__name__)
 
 
 def response_id(batch_id: str, line: int) -> str:
@@ -42,6 +44,7 @@ class LoopStats:
     cached_tokens: int = 0
     wall_s: float = 0.0
     stopped_at_deadline: bool = False  # stopped taking new requests; the rest waits
+    cancelled: bool = False  # a cancel request stopped the loop; in-flight requests aborted
 
     @property
     def requests_per_s(self) -> float:
@@ -80,6 +83,11 @@ class _Preparer(threading.Thread):
                     item: Any = self.builder.prepare(self.endpoint, json.loads(body_json))
                 except RequestRejected as rejected:
                     item = rejected
+                except Exception as exc:  # one hostile request must not end the batch
+                    logger.warning("line %d could not be prepared (%s)", line, type(exc).__name__)
+                    item = RequestRejected(
+                        f"the request could not be prepared: {type(exc).__name__}: {exc}"
+                    )
                 self._put((line, item))
         except BaseException as exc:  # surfaced by the main thread
             self.error = exc
@@ -115,12 +123,15 @@ class InferenceLoop:
     on_progress: Callable[[LoopStats], None] | None = None
     progress_interval_s: float = 15.0
     deadline: float | None = None  # epoch seconds: stop taking new requests from then on
+    cancel_check: Callable[[], bool] | None = None  # polled; True stops the loop at once
+    cancel_poll_s: float = 2.0
 
     def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
         """Answer every ``(line, body_json)`` of ``pending`` and journal the answers.
 
         At the deadline the loop takes no new request; the ones already in the engine finish
-        and are journaled, and the rest are left for a later run.
+        and are journaled, and the rest are left for a later run. When ``cancel_check``
+        says so, the requests in the engine are aborted and the loop returns.
         """
         engine = self.llm.llm_engine
         stats = LoopStats()
@@ -129,11 +140,16 @@ class InferenceLoop:
         preparer = _Preparer(pending, self.requests, self.endpoint, self.window)
         preparer.start()
         exhausted = False
-        started = last_report = time.monotonic()
+        started = last_report = last_cancel_check = time.monotonic()
         try:
             while True:
                 if not exhausted and self.deadline is not None and time.time() >= self.deadline:
                     exhausted = stats.stopped_at_deadline = True
+                if self.cancel_check and time.monotonic() - last_cancel_check >= self.cancel_poll_s:
+                    last_cancel_check = time.monotonic()
+                    if self.cancel_check():
+                        stats.cancelled = True
+                        break
                 if not exhausted and queued < self.window:
                     idle = not engine.has_unfinished_requests()
                     for item in preparer.take(self.window - queued, block=idle):
@@ -165,7 +181,7 @@ class InferenceLoop:
                     last_report = now
         finally:
             preparer.stopping.set()
-            if in_flight:  # failed mid-way: leave the engine clean for a kept-alive reuse
+            if in_flight:  # stopped mid-way: leave the engine clean for a kept-alive reuse
                 engine.abort_request(
                     [r for s in in_flight.values() for r in s.request_ids], internal=True
                 )

@@ -11,14 +11,17 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from batch_assets.batch_object import BatchPaths, read_batch, update_batch
+from batch_assets.cancellation import cancel_requested, mark_cancelling
 from batch_assets.inference_loop import InferenceLoop, LoopStats
 from batch_assets.input_file import batch_input
 from batch_assets.journal import JournalWriter, journaled_lines
-from batch_assets.partitions import batch_partitions
+from batch_assets.partitions import batch_partitions, open_batch
 from batch_assets.request_schema import EMBEDDINGS_URL
+from batch_assets.shards import read_shard
 from resources.openai_to_vllm import RequestBuilder
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
@@ -28,14 +31,17 @@ SLOT_END_TAG = "batch/slot_end"
 
 
 def pending_requests(
-    storage: BatchStorage, manifest: dict[str, Any], done: set[int]
+    storage: BatchStorage, manifest: dict[str, Any], done: np.ndarray
 ) -> Iterator[tuple[int, str]]:
-    """``(line, body_json)`` of every valid request not yet journaled, shard by shard."""
+    """``(line, body_json)`` of every valid request not yet journaled, in engine order.
+
+    ``done`` holds the journaled line numbers, sorted.
+    """
     for shard in manifest["shards"]:
-        with storage.open_read(shard["key"]) as stream:
-            frame = pl.read_parquet(stream, columns=["line", "body"])
-        if done:
-            frame = frame.filter(~pl.col("line").is_in(list(done)))
+        frame = read_shard(storage, shard["key"], ["line", "body"])
+        lo, hi = np.searchsorted(done, [shard["first_line"], shard["last_line"] + 1])
+        if hi > lo:
+            frame = frame.filter(~pl.col("line").is_in(done[lo:hi].tolist()))
         yield from frame.iter_rows()
 
 
@@ -43,12 +49,15 @@ def run_requests(
     context: dg.AssetExecutionContext,
     storage: BatchStorage,
     engine: VLLMEngine,
+    batch_id: str,
     manifest: dict[str, Any],
     pending: Iterable[tuple[int, str]],
     deadline: float | None = None,
 ) -> tuple[LoopStats, float]:
-    """Run ``pending`` on the engine (loaded here), journaling; returns stats and load time."""
-    batch_id = context.partition_key
+    """Run ``pending`` on the engine (loaded here), journaling; returns stats and load time.
+
+    A cancel request (:mod:`batch_assets.cancellation`) stops the run within seconds.
+    """
     started = time.monotonic()
     runner = "pooling" if manifest["endpoint"] == EMBEDDINGS_URL else "generate"
     llm = engine.load(runner)
@@ -65,6 +74,7 @@ def run_requests(
             endpoint=manifest["endpoint"],
             window=engine.max_pending_requests or 4 * max_num_seqs,
             deadline=deadline,
+            cancel_check=lambda: cancel_requested(storage, batch_id),
             on_progress=lambda s: context.log.info(
                 "batch %s: %d done in this run, %.1f req/s, %.0f output tok/s",
                 batch_id,
@@ -73,7 +83,12 @@ def run_requests(
                 s.output_tokens_per_s,
             ),
         )
-        return loop.run(pending), load_s
+        try:
+            return loop.run(pending), load_s
+        except Exception as error:
+            if type(error).__name__ == "EngineDeadError":  # vLLM's engine process died
+                engine.discard()
+            raise
 
 
 def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple[float, str]:
@@ -94,15 +109,17 @@ def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple
     output_required=False,
 )
 def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine):
-    batch_id = context.partition_key
+    storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
     manifest = storage.read_json(paths.manifest)
     done = journaled_lines(storage, paths.journal)
     todo = manifest["requests"] - len(done)
-    batch = read_batch(storage, batch_id)
-    if batch["status"] == "validating":
+    cancelled = cancel_requested(storage, batch_id)
+    if cancelled:
+        mark_cancelling(storage, batch_id)
+    elif read_batch(storage, batch_id)["status"] == "validating":
         update_batch(storage, batch_id, status="in_progress")
-    deadline, deadline_name = _deadline(context, batch)
+    deadline, deadline_name = _deadline(context, read_batch(storage, batch_id))
     context.log.info(
         "batch %s: %d requests, %d already journaled, %d to run",
         batch_id,
@@ -110,13 +127,17 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
         len(done),
         todo,
     )
-    stats, load_s = LoopStats(), 0.0
-    if todo > 0 and time.time() < deadline:
+    stats, load_s = LoopStats(cancelled=cancelled), 0.0
+    if todo > 0 and not cancelled and time.time() < deadline:
+        pending = pending_requests(storage, manifest, done)
         stats, load_s = run_requests(
-            context, storage, engine, manifest, pending_requests(storage, manifest, done), deadline
+            context, storage, engine, batch_id, manifest, pending, deadline
         )
+    if stats.cancelled:
+        mark_cancelling(storage, batch_id)
+        context.log.info("batch %s: cancelled; finished requests are kept", batch_id)
     remaining = todo - stats.requests
-    if remaining > 0 and deadline_name == "overnight slot":
+    if remaining > 0 and deadline_name == "overnight slot" and not stats.cancelled:
         context.log.info(
             "batch %s: the overnight slot ended with %d requests left; they run in the next slot",
             batch_id,
@@ -128,7 +149,8 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
             "requests_total": manifest["requests"],
             "requests_done_before": len(done),
             "requests_done_this_run": stats.requests,
-            "requests_left_at_expiry": remaining,
+            "requests_left": remaining,
+            "cancelled": stats.cancelled,
             "rejected_by_engine": stats.rejected,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,

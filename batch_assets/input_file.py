@@ -4,8 +4,14 @@ import dagster as dg
 from pydantic import Field
 
 from batch_assets.batch_object import BatchPaths, fail_batch, update_batch
-from batch_assets.partitions import batch_partitions
-from batch_assets.validation import FileRejected, Limits, validate_input, write_manifest
+from batch_assets.partitions import batch_partitions, open_batch
+from batch_assets.validation import (
+    MANIFEST_FORMAT,
+    FileRejected,
+    Limits,
+    validate_input,
+    write_manifest,
+)
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 
@@ -16,7 +22,12 @@ class InputLimits(dg.Config):
     max_line_bytes: int = Field(default=4 << 20, description="Longest accepted line, in bytes.")
     max_lines: int = Field(default=1_000_000, description="Most requests in one file.")
     max_file_bytes: int = Field(default=8 << 30, description="Largest accepted file, in bytes.")
-    shard_rows: int = Field(default=10_000, description="Requests per parquet shard.")
+    shard_rows: int = Field(default=10_000, description="Lines per parquet shard.")
+    order_by_prefix: bool = Field(
+        default=True,
+        description="Within each shard, run requests that share a prompt prefix (a system "
+        "prompt) together so they hit the engine's prefix cache; results keep input order.",
+    )
 
 
 @dg.asset(
@@ -31,12 +42,12 @@ def batch_input(
     storage: BatchStorage,
     engine: VLLMEngine,
 ) -> dg.MaterializeResult:
-    batch_id = context.partition_key
+    storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
     source = storage.read_json(paths.source)
     if storage.exists(paths.manifest):
         manifest = storage.read_json(paths.manifest)
-        if manifest["source"] == source:
+        if manifest["source"] == source and manifest.get("format") == MANIFEST_FORMAT:
             context.log.info("batch %s already validated; reusing its shards", batch_id)
             return _result(manifest, storage, paths, reused=True)
     if (
@@ -52,7 +63,11 @@ def batch_input(
         )
         raise dg.Failure(f"input {source['key']} changed after batch {batch_id} was created")
     limits = Limits(
-        config.max_line_bytes, config.max_lines, config.max_file_bytes, config.shard_rows
+        config.max_line_bytes,
+        config.max_lines,
+        config.max_file_bytes,
+        config.shard_rows,
+        config.order_by_prefix,
     )
     try:
         report = validate_input(

@@ -1,4 +1,4 @@
-"""The job that materializes one batch (one partition) end to end."""
+"""The jobs over the batch assets: run a batch, preview it, publish a cancelled one."""
 
 import dagster as dg
 
@@ -21,4 +21,10 @@ preview_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(batch_input, batch_preview),
     description="Validate a batch and answer its first requests (overnight uploads).",
     tags=GPU_TAGS,
+)
+cancel_job = dg.define_asset_job(
+    "cancel_job",
+    selection=dg.AssetSelection.assets(batch_input, batch_results),
+    description="Publish a cancelled batch: finished lines kept, the rest batch_cancelled. "
+    "Loads no engine, so it does not wait for the GPU.",
 )

@@ -9,14 +9,14 @@ import itertools
 import json
 
 import dagster as dg
-import polars as pl
 
 from batch_assets.batch_object import BatchPaths
-from batch_assets.inference_run import pending_requests, run_requests
+from batch_assets.inference_run import run_requests
 from batch_assets.input_file import batch_input
 from batch_assets.journal import read_journal
-from batch_assets.partitions import batch_partitions
+from batch_assets.partitions import batch_partitions, open_batch
 from batch_assets.result_files import preview_table, success_line
+from batch_assets.shards import iter_requests
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 
@@ -34,18 +34,20 @@ PREVIEW_REQUESTS = 10
 def batch_preview(
     context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:
-    paths = BatchPaths(context.partition_key)
+    storage, batch_id = open_batch(storage, context.partition_key)
+    paths = BatchPaths(batch_id)
     manifest = storage.read_json(paths.manifest)
-    first = list(itertools.islice(pending_requests(storage, manifest, set()), PREVIEW_REQUESTS))
+    columns = ["line", "custom_id", "body"]
+    first = list(
+        itertools.islice(iter_requests(storage, manifest, columns, True), PREVIEW_REQUESTS)
+    )
     done = read_journal(storage, paths.journal)
-    todo = [(line, body) for line, body in first if line not in done]
+    todo = [(line, body) for line, _, body in first if line not in done]
     if todo:
-        run_requests(context, storage, engine, manifest, todo)
+        run_requests(context, storage, engine, batch_id, manifest, todo)
         done = read_journal(storage, paths.journal)
-    lines = [line for line, _ in first]
-    custom_ids = _custom_ids(storage, manifest, set(lines))
     text = "".join(
-        success_line(paths.batch_id, line, custom_ids[line], done[line]) for line in lines
+        success_line(paths.batch_id, line, custom_id, done[line]) for line, custom_id, _ in first
     )
     key = f"{paths.outbox}/preview.jsonl"
     storage.write_bytes(key, text.encode())
@@ -57,9 +59,3 @@ def batch_preview(
             "path": dg.MetadataValue.path(storage.url(key)),
         }
     )
-
-
-def _custom_ids(storage: BatchStorage, manifest: dict, lines: set[int]) -> dict[int, str]:
-    with storage.open_read(manifest["shards"][0]["key"]) as stream:
-        frame = pl.read_parquet(stream, columns=["line", "custom_id"])
-    return dict(frame.filter(pl.col("line").is_in(list(lines))).iter_rows())

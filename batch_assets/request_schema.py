@@ -88,6 +88,10 @@ def decode_body(url: str, raw: bytes) -> _Body:
         body = _DECODERS[url].decode(raw)
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc).replace("`$", "`body")) from exc
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
     if isinstance(body, ChatBody) and not body.messages:
         raise ValueError("`messages` is required and must not be empty")
     if isinstance(body, CompletionBody) and (problem := _prompt_problem("prompt", body.prompt)):
@@ -99,20 +103,32 @@ def decode_body(url: str, raw: bytes) -> _Body:
     return body
 
 
-def prompt_chars(body: _Body) -> int:
-    """Characters of prompt text (token ids count 4 each), for a rough token estimate."""
+PREFIX_CHARS = 256
+
+
+def prompt_summary(body: _Body) -> tuple[int, str]:
+    """Characters of prompt text (token ids count 4 each) and the prompt's first characters.
+
+    The character count gives a rough token estimate; the prefix (role markers included)
+    orders requests so that those sharing a system prompt run together.
+    """
     if isinstance(body, ChatBody):
-        total = 0
+        total, prefix = 0, ""
         for message in body.messages:
-            if isinstance(message.content, str):
-                total += len(message.content)
-            elif message.content:
-                total += sum(len(part.text or "") for part in message.content)
-        return total
+            text = message.content
+            if text.__class__ is not str:
+                text = "".join(part.text or "" for part in text) if text else ""
+            if total < PREFIX_CHARS:
+                prefix += f"\x00{message.role}\x00{text[:PREFIX_CHARS]}"
+            total += len(text)
+        return total, prefix[:PREFIX_CHARS]
     value = body.prompt if isinstance(body, CompletionBody) else body.input
     if isinstance(value, str):
-        return len(value)
-    return sum(
+        return len(value), value[:PREFIX_CHARS]
+    total = sum(
         len(v) if isinstance(v, str) else 4 * (len(v) if isinstance(v, list) else 1)
         for v in value or ()
     )
+    first = value[0] if value else ""
+    prefix = first[:PREFIX_CHARS] if isinstance(first, str) else ""
+    return total, prefix

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-import polars as pl
 
 from batch_assets.batch_object import BatchPaths, read_batch, update_batch
+from batch_assets.cancellation import CANCELLED, cancel_requested, mark_cancelling
 from batch_assets.inference_loop import dumps, response_id
 from batch_assets.inference_run import batch_inference
-from batch_assets.journal import JournalRecord, read_journal
-from batch_assets.partitions import batch_partitions
+from batch_assets.journal import JournalIndex, JournalRecord
+from batch_assets.partitions import batch_partitions, open_batch
+from batch_assets.shards import iter_line_errors, read_shard
 from resources.storage import BatchStorage
 
 ACCOUNTED = "every_line_accounted_for"
@@ -52,38 +53,31 @@ def _answers(
     storage: BatchStorage,
     paths: BatchPaths,
     manifest: dict[str, Any],
-    journal: dict[int, JournalRecord],
-) -> Iterator[tuple[int, bool, str]]:
-    """``(line, ok, output_line)`` for every non-blank input line, in input order.
+    journal: JournalIndex,
+    unfinished: tuple[str, str],
+) -> Iterator[tuple[bool, str]]:
+    """``(ok, output_line)`` for every non-blank input line, in input order.
 
-    A valid request with no journal record (the batch expired first) is ``batch_expired``.
+    A valid request with no journal record (the batch expired or was cancelled first) gets
+    the ``unfinished`` error code and message. One shard's answers are in memory at a time.
     """
-    with storage.open_read(paths.line_errors) as stream:
-        errors = pl.read_parquet(stream).iter_rows()
-    next_error = next(errors, None)
     batch_id = paths.batch_id
+    errors = iter_line_errors(storage, manifest)
+    next_error = next(errors, None)
     for shard in manifest["shards"]:
-        with storage.open_read(shard["key"]) as stream:
-            frame = pl.read_parquet(stream, columns=["line", "custom_id"])
-        for line, custom_id in frame.iter_rows():
+        requests = read_shard(storage, shard["key"], ["line", "custom_id"]).sort("line")
+        records = journal.records(shard["first_line"], shard["last_line"])
+        for line, custom_id in requests.iter_rows():
             while next_error is not None and next_error[0] < line:
-                yield next_error[0], False, line_error_line(batch_id, *next_error)
+                yield False, line_error_line(batch_id, *next_error)
                 next_error = next(errors, None)
-            record = journal.get(line)
+            record = records.get(line)
             if record is None:
-                yield (
-                    line,
-                    False,
-                    line_error_line(batch_id, line, custom_id, "batch_expired", EXPIRED_MESSAGE),
-                )
+                yield False, line_error_line(batch_id, line, custom_id, *unfinished)
             else:
-                yield (
-                    line,
-                    record.status_code == 200,
-                    success_line(batch_id, line, custom_id, record),
-                )
+                yield record.status_code == 200, success_line(batch_id, line, custom_id, record)
     while next_error is not None:
-        yield next_error[0], False, line_error_line(batch_id, *next_error)
+        yield False, line_error_line(batch_id, *next_error)
         next_error = next(errors, None)
 
 
@@ -144,42 +138,50 @@ def _check_files(
     ],
 )
 def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> dg.MaterializeResult:
-    batch_id = context.partition_key
+    storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
     manifest = storage.read_json(paths.manifest)
-    journal = read_journal(storage, paths.journal)
-    missing = manifest["requests"] - len(journal)
-    batch = read_batch(storage, batch_id)
-    expired = missing > 0 and time.time() >= batch["expires_at"]
-    if missing > 0 and not expired:
-        raise dg.Failure(
-            f"batch {batch_id}: {missing} requests have no result yet; "
-            "materialize batch_inference for this partition first"
-        )
-    if batch["status"] not in ("finalizing", "completed", "expired"):
-        update_batch(storage, batch_id, status="finalizing")
-    completed = failed = 0
-    preview: list[dict[str, Any]] = []
-    with storage.open_write(paths.output) as out, storage.open_write(paths.errors) as err:
-        for _line, ok, text in _answers(storage, paths, manifest, journal):
-            (out if ok else err).write(text.encode())
-            completed += ok
-            failed += not ok
-            if len(preview) < 5:
-                preview.append(json.loads(text))
-    usage = {
-        "input_tokens": sum(r.prompt_tokens for r in journal.values()),
-        "input_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in journal.values())},
-        "output_tokens": sum(r.completion_tokens for r in journal.values()),
-        "output_tokens_details": {"reasoning_tokens": 0},
-    }
-    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    with JournalIndex(storage, paths.journal) as journal:
+        missing = manifest["requests"] - len(journal)
+        cancelled = cancel_requested(storage, batch_id)
+        batch = read_batch(storage, batch_id)
+        expired = missing > 0 and time.time() >= batch["expires_at"]
+        if missing > 0 and not (expired or cancelled):
+            raise dg.Failure(
+                f"batch {batch_id}: {missing} requests have no result yet; "
+                "materialize batch_inference for this partition first"
+            )
+        if cancelled:
+            mark_cancelling(storage, batch_id)
+            status, unfinished = "cancelled", CANCELLED
+        elif expired:
+            status, unfinished = "expired", ("batch_expired", EXPIRED_MESSAGE)
+        else:
+            status, unfinished = "completed", ("batch_expired", EXPIRED_MESSAGE)
+        if batch["status"] in ("validating", "in_progress"):
+            update_batch(storage, batch_id, status="finalizing")
+        completed = failed = 0
+        preview: list[dict[str, Any]] = []
+        with storage.open_write(paths.output) as out, storage.open_write(paths.errors) as err:
+            for ok, text in _answers(storage, paths, manifest, journal, unfinished):
+                (out if ok else err).write(text.encode())
+                completed += ok
+                failed += not ok
+                if len(preview) < 5:
+                    preview.append(json.loads(text))
+        usage = {
+            "input_tokens": journal.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": journal.cached_tokens},
+            "output_tokens": journal.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": journal.prompt_tokens + journal.completion_tokens,
+        }
     counts = {"total": completed + failed, "completed": completed, "failed": failed}
     checks = _check_files(storage, paths, manifest["lines"] - manifest["blank_lines"])
     update_batch(
         storage,
         batch_id,
-        status="expired" if expired else "completed",
+        status=status,
         request_counts=counts,
         usage=usage,
         output_file_id=paths.output,
@@ -187,7 +189,7 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     )
     return dg.MaterializeResult(
         metadata={
-            "status": "expired" if expired else "completed",
+            "status": status,
             "request_counts": dg.MetadataValue.json(counts),
             "usage": dg.MetadataValue.json(usage),
             "output": dg.MetadataValue.path(storage.url(paths.output)),

@@ -5,6 +5,7 @@ and ``work/<batch_id>/``. Keys are relative and ``/``-separated; a key that coul
 root (``..``, an absolute path, a NUL) is refused before any I/O.
 """
 
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from pydantic import Field, PrivateAttr
 
 class UnsafeKeyError(ValueError):
     """A key that would read or write outside the storage root."""
+
+
+PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def check_key(key: str) -> str:
@@ -73,8 +77,34 @@ class BatchStorage(dg.ConfigurableResource):
         "or none (unset).",
     )
     sse_kms_key_id: str | None = Field(default=None, description="KMS key id for aws:kms.")
+    projects: list[str] = Field(
+        default_factory=list,
+        description="Tenants, each with its own <root>/<project>/inbox, outbox and work "
+        "(BATCH_PROJECTS, comma-separated); empty: one tenant at the root.",
+    )
 
     _backend: Any = PrivateAttr(default=None)
+
+    def for_project(self, project: str | None) -> "BatchStorage":
+        """The storage of one project (``<root>/<project>``); the root itself for None.
+
+        A project's storage cannot reach another project's keys: its root is the project's
+        folder and every key is checked against leaving its root.
+        """
+        if project is None:
+            if self.projects:
+                raise UnsafeKeyError("this storage is split into projects; name one")
+            return self
+        if project not in self.projects or not PROJECT_NAME.fullmatch(project):
+            raise UnsafeKeyError(f"unknown project: {project!r}")
+        root = self.root.rstrip("/")
+        return BatchStorage(**{**self.model_dump(), "root": f"{root}/{project}", "projects": []})
+
+    def tenants(self) -> list[tuple[str | None, "BatchStorage"]]:
+        """``(project, storage)`` of every project, or ``(None, self)`` without projects."""
+        if not self.projects:
+            return [(None, self)]
+        return [(project, self.for_project(project)) for project in self.projects]
 
     def backend(self) -> Backend:
         if self._backend is None:

@@ -87,11 +87,6 @@ class VLLMEngine(dg.ConfigurableResource):
         primary = self.served_model_name or self.model
         return [primary, *(a for a in self.model_aliases if a != primary)]
 
-    # Settings of the loop around the engine, not of the engine: a kept engine serves them all.
-    _LOOP_ONLY = frozenset(
-        {"model_aliases", "clamp_max_tokens", "max_pending_requests", "keep_loaded"}
-    )
-
     def _cache_key(self, runner: Runner) -> str:
         return f"{runner}:{self.model_dump_json(exclude=set(_LOOP_ONLY))}"
 
@@ -141,6 +136,13 @@ class VLLMEngine(dg.ConfigurableResource):
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         logger.info("loading vLLM engine for %s (runner=%s)", self.model, runner)
         return LLM(**kwargs)
+
+    def discard(self) -> None:
+        """Forget the loaded engine (it died): the next :meth:`load` builds a new one."""
+        for key in [k for k, llm in _KEPT.items() if llm is self._llm]:
+            del _KEPT[key]
+        self._llm = None
+        gc.collect()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._llm is not None and not self.keep_loaded:

@@ -14,7 +14,7 @@ if [ -f "$stamp" ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[$EXTRA,dev]"
+.venv/bin/python -m pip install --quiet -e ".[$EXTRA,dev,bench]"
 if [ "$EXTRA" = "cpu" ]; then
   .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
 fi

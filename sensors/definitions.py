@@ -2,11 +2,19 @@
 
 import dagster as dg
 
+from sensors.cancel import cancel_sensor, terminated_run_sensor
 from sensors.inbox import inbox_sensor
+from sensors.orphaned_runs import orphaned_run_sensor
 from sensors.overnight import overnight_schedule
 from sensors.run_status import batch_failure_sensor
 
 defs = dg.Definitions(
-    sensors=[inbox_sensor, batch_failure_sensor],
+    sensors=[
+        inbox_sensor,
+        cancel_sensor,
+        terminated_run_sensor,
+        batch_failure_sensor,
+        orphaned_run_sensor,
+    ],
     schedules=[overnight_schedule],
 )

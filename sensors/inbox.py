@@ -6,7 +6,8 @@ where it stopped, and an object whose LastModified lands a little in the past (a
 multipart upload) is still picked up. Each upload's run key is its batch id, derived from the
 key and the object's version, so the same object never runs twice and a new upload under an
 old name runs as a new batch. Uploads under ``inbox/overnight/`` are queued for the nightly
-slot instead of run.
+slot instead of run. With projects (``BATCH_PROJECTS``), each project's inbox is listed with a
+cursor of its own, and its batches' partition keys are ``<project>/<batch_id>``.
 """
 
 import json
@@ -16,8 +17,8 @@ import dagster as dg
 
 from batch_assets.batch_object import register_batch, update_batch
 from batch_assets.jobs import batch_job, preview_job
-from batch_assets.partitions import batch_partitions
-from resources.storage import BatchStorage, ObjectInfo
+from batch_assets.partitions import batch_partitions, partition_key
+from resources.storage import BatchStorage, ObjectInfo, UnsafeKeyError, check_key
 
 INBOX = "inbox"
 OVERNIGHT = "inbox/overnight/"
@@ -25,14 +26,19 @@ OVERNIGHT_QUEUE = "work/queue/overnight"
 MAX_PER_TICK = 200
 LOOKBACK_NS = 3600 * 10**9
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
+UPLOAD_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 def is_batch_upload(info: ObjectInfo) -> bool:
-    """A non-empty ``.jsonl`` object that is not a temporary or hidden name."""
+    """A non-empty ``.jsonl`` (or ``.jsonl.gz``) object, not temporary, hidden or unsafe."""
     name = info.key.rsplit("/", 1)[-1]
+    try:
+        check_key(info.key)  # an S3 key such as inbox/../x.jsonl is never taken
+    except UnsafeKeyError:
+        return False
     return (
         info.size > 0
-        and name.endswith(".jsonl")
+        and name.endswith(UPLOAD_SUFFIXES)
         and not name.startswith((".", "_"))
         and not name.endswith(TEMPORARY_SUFFIXES)
     )
@@ -42,16 +48,6 @@ def is_batch_upload(info: ObjectInfo) -> bool:
 class InboxCursor:
     newest_ns: int = 0
     recent: dict[str, list] = field(default_factory=dict)  # key -> [version, modified_ns]
-
-    @classmethod
-    def parse(cls, raw: str | None) -> "InboxCursor":
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        return cls(data["newest_ns"], data["recent"])
-
-    def dump(self) -> str:
-        return json.dumps({"newest_ns": self.newest_ns, "recent": self.recent}, sort_keys=True)
 
     def is_new(self, info: ObjectInfo) -> bool:
         if info.modified_ns <= self.newest_ns - LOOKBACK_NS:
@@ -78,6 +74,38 @@ def scan_inbox(
     return taken
 
 
+def parse_cursors(raw: str | None) -> dict[str, InboxCursor]:
+    """The sensor's cursor: one inbox cursor per project ("" without projects)."""
+    if not raw:
+        return {}
+    data = json.loads(raw)
+    if "newest_ns" in data:  # a cursor from before projects
+        return {"": InboxCursor(data["newest_ns"], data["recent"])}
+    return {project: InboxCursor(c["newest_ns"], c["recent"]) for project, c in data.items()}
+
+
+def dump_cursors(cursors: dict[str, InboxCursor]) -> str:
+    return json.dumps(
+        {p: {"newest_ns": c.newest_ns, "recent": c.recent} for p, c in cursors.items()},
+        sort_keys=True,
+    )
+
+
+def _run_request(storage: BatchStorage, project: str | None, info: ObjectInfo) -> dg.RunRequest:
+    """Register the upload as a batch; run it now, or queue it for the night and preview it."""
+    batch_id = register_batch(storage, info.key, info)
+    key = partition_key(project, batch_id)
+    tags = {"batch/input": info.key} | ({"batch/project": project} if project else {})
+    if not info.key.startswith(OVERNIGHT):
+        return dg.RunRequest(run_key=key, tags=tags, job_name=batch_job.name, partition_key=key)
+    storage.write_json(f"{OVERNIGHT_QUEUE}/{batch_id}.json", {"input": info.key})
+    batch = storage.read_json(f"outbox/{batch_id}/batch.json")
+    update_batch(storage, batch_id, metadata={**batch["metadata"], "slot": "overnight"})
+    return dg.RunRequest(
+        run_key=f"{key}:preview", tags=tags, job_name=preview_job.name, partition_key=key
+    )
+
+
 @dg.sensor(
     jobs=[batch_job, preview_job],
     minimum_interval_seconds=10,
@@ -85,46 +113,31 @@ def scan_inbox(
     description="Registers each new inbox upload as a batch and runs it; queues overnight ones.",
 )
 def inbox_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage) -> dg.SensorResult:
-    cursor = InboxCursor.parse(context.cursor)
-    uploads = scan_inbox(storage, cursor)
-    batch_ids, run_requests, queued = [], [], []
-    for info in uploads:
-        batch_id = register_batch(storage, info.key, info)
-        batch_ids.append(batch_id)
-        tags = {"batch/input": info.key}
-        if info.key.startswith(OVERNIGHT):
-            storage.write_json(f"{OVERNIGHT_QUEUE}/{batch_id}.json", {"input": info.key})
-            batch = storage.read_json(f"outbox/{batch_id}/batch.json")
-            update_batch(storage, batch_id, metadata={**batch["metadata"], "slot": "overnight"})
-            queued.append(info.key)
-            run_requests.append(
-                dg.RunRequest(
-                    run_key=f"{batch_id}:preview",
-                    tags=tags,
-                    job_name=preview_job.name,
-                    partition_key=batch_id,
-                )
-            )
-        else:
-            run_requests.append(
-                dg.RunRequest(
-                    run_key=batch_id, tags=tags, job_name=batch_job.name, partition_key=batch_id
-                )
-            )
-    if uploads:
+    cursors = parse_cursors(context.cursor)
+    run_requests: list[dg.RunRequest] = []
+    queued: list[str] = []
+    budget = MAX_PER_TICK
+    for project, tenant in storage.tenants():
+        cursor = cursors.setdefault(project or "", InboxCursor())
+        uploads = scan_inbox(tenant, cursor, budget)
+        budget -= len(uploads)
+        for info in uploads:
+            run_requests.append(_run_request(tenant, project, info))
+            if info.key.startswith(OVERNIGHT):
+                queued.append(f"{project}:{info.key}" if project else info.key)
+    if run_requests:
         context.log.info(
             "%d new uploads: %d to run now, %d queued for the overnight slot and "
             "previewed now (%s)",
-            len(uploads),
-            len(uploads) - len(queued),
+            len(run_requests),
+            len(run_requests) - len(queued),
             len(queued),
             ", ".join(queued),
         )
+    keys = [request.partition_key for request in run_requests if request.partition_key]
     return dg.SensorResult(
         run_requests=run_requests,
-        dynamic_partitions_requests=(
-            [batch_partitions.build_add_request(batch_ids)] if batch_ids else []
-        ),
-        cursor=cursor.dump(),
-        skip_reason=None if uploads else dg.SkipReason(f"no new uploads in {storage.url(INBOX)}"),
+        dynamic_partitions_requests=[batch_partitions.build_add_request(keys)] if keys else [],
+        cursor=dump_cursors(cursors),
+        skip_reason=None if run_requests else dg.SkipReason(f"no new uploads in {storage.uri}"),
     )

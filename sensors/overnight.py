@@ -15,6 +15,7 @@ import dagster as dg
 from batch_assets.batch_object import TERMINAL_STATUSES, read_batch
 from batch_assets.inference_run import SLOT_END_TAG
 from batch_assets.jobs import batch_job
+from batch_assets.partitions import partition_key
 from resources.storage import BatchStorage
 from sensors.inbox import OVERNIGHT_QUEUE
 
@@ -32,17 +33,19 @@ def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: BatchStor
     hours = float(os.environ.get("BATCH_OVERNIGHT_HOURS", "6"))
     slot_end = (start + dt.timedelta(hours=hours)).timestamp()
     requests = []
-    for info in storage.list(OVERNIGHT_QUEUE):
-        batch_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
-        if read_batch(storage, batch_id)["status"] in TERMINAL_STATUSES:
-            continue
-        requests.append(
-            dg.RunRequest(
-                run_key=f"{batch_id}:{night}",
-                partition_key=batch_id,
-                tags={"batch/slot": "overnight", SLOT_END_TAG: f"{slot_end:.0f}"},
+    for project, tenant in storage.tenants():
+        for info in tenant.list(OVERNIGHT_QUEUE):
+            batch_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            if read_batch(tenant, batch_id)["status"] in (*TERMINAL_STATUSES, "cancelling"):
+                continue
+            key = partition_key(project, batch_id)
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{key}:{night}",
+                    partition_key=key,
+                    tags={"batch/slot": "overnight", SLOT_END_TAG: f"{slot_end:.0f}"},
+                )
             )
-        )
     if not requests:
         return dg.SkipReason("no overnight batch is waiting")
     context.log.info("overnight slot %s: launching %d batches", night, len(requests))

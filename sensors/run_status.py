@@ -8,20 +8,22 @@ from batch_assets.batch_object import (
     read_batch,
     root_cause_message,
 )
-from batch_assets.jobs import batch_job
+from batch_assets.jobs import batch_job, cancel_job
+from batch_assets.partitions import open_batch
 from resources.storage import BatchStorage
 
 
 @dg.run_failure_sensor(
-    monitored_jobs=[batch_job],
+    monitored_jobs=[batch_job, cancel_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks a batch failed in batch.json once its run has no retry left.",
 )
 def batch_failure_sensor(context: dg.RunFailureSensorContext, storage: BatchStorage) -> None:
     run = context.dagster_run
-    batch_id = run.tags.get("dagster/partition")
-    if not batch_id:
+    key = run.tags.get("dagster/partition")
+    if not key:
         return
+    storage, batch_id = open_batch(storage, key)
     retry = int(run.tags.get("dagster/retry_number", "0"))
     max_retries = int(
         run.tags.get(

@@ -21,7 +21,14 @@ def test_definitions_load_with_the_batch_graph():
     inference = repo.assets_defs_by_key[dg.AssetKey("batch_inference")]
     assert inference.partitions_def.name == "batches"
     assert set(defs.resources) == {"storage", "engine"}
-    assert {s.name for s in defs.sensors} == {"inbox_sensor", "batch_failure_sensor"}
+    assert {s.name for s in defs.sensors} == {
+        "inbox_sensor",
+        "cancel_sensor",
+        "terminated_run_sensor",
+        "batch_failure_sensor",
+        "orphaned_run_sensor",
+    }
+    assert defs.resolve_job_def("cancel_job") is not None
     schedule = defs.get_schedule_def("overnight_schedule")
     assert schedule.cron_schedule == "0 1 * * *"
     assert schedule.execution_timezone == "UTC"

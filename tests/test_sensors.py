@@ -10,7 +10,7 @@ import pytest
 
 from batch_assets.batch_object import read_batch, update_batch
 from resources.storage import BatchStorage
-from sensors.inbox import InboxCursor, inbox_sensor
+from sensors.inbox import dump_cursors, inbox_sensor, parse_cursors
 from sensors.overnight import overnight_schedule
 from tests.conftest import chat_body, request_line
 
@@ -117,7 +117,7 @@ def test_more_than_1000_uploads_are_all_picked_up_across_ticks_and_a_restart(sto
             seen += [r.tags["batch/input"] for r in result.run_requests]
             cursor = result.cursor
             if n == 2:  # a restart: a fresh sensor context that only has the stored cursor
-                cursor = InboxCursor.parse(cursor).dump()
+                cursor = dump_cursors(parse_cursors(cursor))
         assert len(seen) == 1203 and len(set(seen)) == 1203
         final, _ = tick(instance, storage, cursor)
         assert final.run_requests == []

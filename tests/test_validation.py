@@ -5,11 +5,13 @@ import io
 import json
 from pathlib import Path
 
-import polars as pl
+import numpy as np
 import pytest
 
 from batch_assets.batch_object import BatchPaths
-from batch_assets.validation import FileRejected, Limits, iter_raw_lines, validate_input
+from batch_assets.line_reader import iter_raw_lines
+from batch_assets.shards import SeenIds, iter_line_errors, iter_requests
+from batch_assets.validation import FileRejected, Limits, validate_input
 from resources.storage import BatchStorage
 from tests.conftest import MODEL_NAME, chat_body, request_line
 
@@ -21,12 +23,16 @@ def _validate(tmp_path: Path, content: bytes, limits: Limits = LIMITS):
     storage.write_bytes("inbox/f.jsonl", content)
     paths = BatchPaths("batch_test")
     report = validate_input(storage, "inbox/f.jsonl", paths, {MODEL_NAME}, limits)
-    with storage.open_read(paths.line_errors) as stream:
-        errors = {row["line"]: row for row in pl.read_parquet(stream).iter_rows(named=True)}
-    rows = []
-    for shard in report.shards:
-        with storage.open_read(shard["key"]) as stream:
-            rows += pl.read_parquet(stream).iter_rows(named=True)
+    manifest = {"shards": report.shards, "error_parts": report.error_parts}
+    errors = {
+        line: {"line": line, "custom_id": custom_id, "code": code, "message": message}
+        for line, custom_id, code, message in iter_line_errors(storage, manifest)
+    }
+    columns = ["line", "custom_id", "body"]
+    rows = [
+        dict(zip(columns, row, strict=True))
+        for row in iter_requests(storage, manifest, columns, input_order=True)
+    ]
     return report, errors, rows
 
 
@@ -136,8 +142,11 @@ def test_unknown_fields_are_tolerated_and_kept(tmp_path):
     [
         (b"", "empty_file"),
         (b"\n\n   \r\n\n", "empty_file"),
-        (gzip.compress(b'{"a": 1}\n'), "not_text"),
+        (b"PK\x03\x04" + bytes(100), "not_text"),
         (bytes(range(256)) * 40, "not_text"),
+        (gzip.compress(bytes(range(256)) * 40), "not_text"),
+        (gzip.compress(b"\n" * ((1 << 20) + 1)), "file_too_large"),  # a (small) gzip bomb
+        (gzip.compress(b'{"a": 1}\n' * 1000)[:-40], "corrupt_gzip"),
         (b"not json\n[1]\n", "no_valid_lines"),
         (
             "\n".join(request_line(f"r{i}", chat_body()) for i in range(101)).encode(),
@@ -145,10 +154,84 @@ def test_unknown_fields_are_tolerated_and_kept(tmp_path):
         ),
         (b"x" * ((1 << 20) + 1), "file_too_large"),
     ],
-    ids=["empty", "only-blank", "gzip", "binary", "no-valid-line", "too-many-lines", "too-large"],
+    ids=[
+        "empty",
+        "only-blank",
+        "zip",
+        "binary",
+        "gzip-binary",
+        "gzip-bomb",
+        "gzip-truncated",
+        "no-valid-line",
+        "too-many-lines",
+        "too-large",
+    ],
 )
 def test_file_level_problems_reject_the_file_with_a_reason(tmp_path, content, code):
     with pytest.raises(FileRejected) as rejected:
         _validate(tmp_path, content)
     assert rejected.value.code == code
     assert rejected.value.message
+
+
+def test_a_gzip_upload_is_read_as_its_decompressed_lines(tmp_path):
+    lines = [request_line(f"r{i}", chat_body(f"hello {i}")) for i in range(5)]
+    content = gzip.compress(("\n".join(lines) + "\n").encode())
+    report, _, rows = _validate(tmp_path, content)
+    assert (report.valid, report.invalid) == (5, 0)
+    assert [r["custom_id"] for r in rows] == [f"r{i}" for i in range(5)]
+
+
+def test_duplicates_are_caught_across_chunks_and_the_first_occurrence_runs(tmp_path):
+    ids = ["a", "b", "c", "d", "a", "e", "b", "f", "a", "g"]  # chunks of 3 lines
+    content = "\n".join(request_line(cid, chat_body(f"n{n}")) for n, cid in enumerate(ids))
+    report, errors, rows = _validate(tmp_path, content.encode())
+    assert [(r["line"], r["custom_id"]) for r in rows] == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+        (4, "d"),
+        (6, "e"),
+        (8, "f"),
+        (10, "g"),
+    ]
+    assert {line: e["code"] for line, e in errors.items()} == {
+        5: "duplicate_custom_id",
+        7: "duplicate_custom_id",
+        9: "duplicate_custom_id",
+    }
+    assert (report.valid, report.invalid) == (7, 3)
+
+
+def test_seen_ids_scan_digests_whose_first_halves_collide():
+    seen = SeenIds()
+    seen.add(np.array([[1, 2], [5, 6], [1, 3]], dtype=np.uint64))
+    queries = np.array([[1, 3], [1, 4], [5, 6], [0, 0], [1, 2]], dtype=np.uint64)
+    assert seen.contains(queries).tolist() == [True, False, True, False, True]
+
+
+def test_requests_sharing_a_prefix_run_together_and_results_keep_input_order(tmp_path):
+    systems = ["You are a pirate.", "You are a poet.", "You are a lawyer."]
+    lines = [
+        request_line(
+            f"r{i}",
+            chat_body(
+                messages=[
+                    {"role": "system", "content": systems[i % 3]},
+                    {"role": "user", "content": f"question {i}"},
+                ]
+            ),
+        )
+        for i in range(9)
+    ]
+    storage = BatchStorage(root=str(tmp_path))
+    storage.write_bytes("inbox/f.jsonl", "\n".join(lines).encode())
+    limits = Limits(4096, 100, 1 << 20, shard_rows=100)
+    report = validate_input(storage, "inbox/f.jsonl", BatchPaths("b"), {MODEL_NAME}, limits)
+    manifest = {"shards": report.shards, "error_parts": report.error_parts}
+    columns = ["line", "custom_id"]
+    engine_order = [cid for _, cid in iter_requests(storage, manifest, columns, False)]
+    groups = [systems[int(cid[1:]) % 3] for cid in engine_order]
+    assert groups == sorted(groups)  # one run per system prompt
+    input_order = [cid for _, cid in iter_requests(storage, manifest, columns, True)]
+    assert input_order == [f"r{i}" for i in range(9)]

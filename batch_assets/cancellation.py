@@ -1,0 +1,50 @@
+"""Cancelling a batch: a cancel request is an object at ``cancel/<batch_id>`` in the storage.
+
+Anyone who can write to the storage can cancel, without the Dagster UI: put any object at
+``<root>/cancel/<batch_id>`` (``batch-infer cancel BATCH_ID`` does it), or terminate the
+batch's run in the Dagster UI or through its GraphQL API (a run-status sensor then writes
+the request). The batch goes to ``cancelling``; a running inference loop sees the request
+within seconds, aborts the requests in the engine and stops; the result asset then
+publishes the finished lines in output.jsonl and every other request in errors.jsonl as
+``batch_cancelled``, and the batch ends ``cancelled``.
+"""
+
+from batch_assets.batch_object import TERMINAL_STATUSES, BatchPaths, read_batch, update_batch
+from resources.storage import BatchStorage
+
+CANCEL_PREFIX = "cancel"
+CANCELLED = (
+    "batch_cancelled",
+    "This request was not executed because the batch was cancelled.",
+)
+
+
+def cancel_key(batch_id: str) -> str:
+    return f"{CANCEL_PREFIX}/{batch_id}"
+
+
+def cancel_requested(storage: BatchStorage, batch_id: str) -> bool:
+    return storage.exists(cancel_key(batch_id))
+
+
+def request_cancel(storage: BatchStorage, batch_id: str) -> str:
+    """Ask for ``batch_id`` to be cancelled; returns its status afterwards.
+
+    A finished batch stays as it is (OpenAI's API does the same).
+    """
+    if not storage.exists(BatchPaths(batch_id).batch_json):
+        raise KeyError(f"no batch {batch_id} in {storage.uri}")
+    status = read_batch(storage, batch_id)["status"]
+    if status in TERMINAL_STATUSES:
+        return status
+    if not cancel_requested(storage, batch_id):
+        storage.write_bytes(cancel_key(batch_id), b"")
+    return mark_cancelling(storage, batch_id)
+
+
+def mark_cancelling(storage: BatchStorage, batch_id: str) -> str:
+    """Move batch.json to ``cancelling`` unless it already finished; returns the status."""
+    status = read_batch(storage, batch_id)["status"]
+    if status in TERMINAL_STATUSES or status == "cancelling":
+        return status
+    return update_batch(storage, batch_id, status="cancelling")["status"]
