@@ -182,9 +182,7 @@ class InferenceLoop:
         finally:
             preparer.stopping.set()
             if in_flight:  # stopped mid-way: leave the engine clean for a kept-alive reuse
-                engine.abort_request(
-                    [r for s in in_flight.values() for r in s.request_ids], internal=True
-                )
+                engine.abort_request([r for s in in_flight.values() for r in s.request_ids])
             self.journal.flush()
             preparer.join(timeout=5)
         stats.wall_s = time.monotonic() - started
@@ -219,7 +217,7 @@ class InferenceLoop:
                 added.append(request_id)
         except (VLLMValidationError, ValueError, TypeError) as exc:
             if added:
-                engine.abort_request(added, internal=True)
+                engine.abort_request(added)
             self._reject(line, RequestRejected.from_engine_error(exc), stats)
             return 0
         in_flight[line] = _InFlight(prepared, request_ids)

@@ -161,7 +161,8 @@ class ChunkWriter:
                         kept.append(request)
                 self._valid = kept
             self._seen.add(digests[~repeated])
-            self._write_shard()
+            if self._valid:
+                self._write_shard()
         if self._errors:
             self._write_errors()
         self._valid, self._ids, self._errors = [], set(), []

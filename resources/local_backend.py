@@ -10,6 +10,8 @@ from typing import IO
 
 from resources.storage import ObjectInfo, UnsafeKeyError
 
+TEMPORARY_FOLDER = ".tmp"
+
 
 class LocalBackend:
     is_local = True
@@ -57,7 +59,11 @@ class LocalBackend:
     def open_write(self, key: str) -> Iterator[IO[bytes]]:
         path = self.local_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # Spool beside the tree (same filesystem, so the rename is atomic), not beside the
+        # target: a folder watcher never sees a half-written file, even after a kill -9.
+        spool = self.root / TEMPORARY_FOLDER
+        spool.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=spool, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as stream:
                 yield stream

@@ -16,6 +16,9 @@ from batch_assets.request_schema import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_UR
 if TYPE_CHECKING:
     from vllm import LLM
 
+# OpenAI's bound on choices per request; vLLM has none, and n=100000 would flood the engine.
+MAX_N = 128
+
 
 class RequestRejected(Exception):
     """The engine refuses this request; becomes a 400 line with an OpenAI error body."""
@@ -89,6 +92,8 @@ class RequestBuilder:
 
         try:
             request = self._models[endpoint].model_validate(body)
+            if (getattr(request, "n", None) or 1) > MAX_N:
+                raise RequestRejected(f"n: must be at most {MAX_N}", "n")
             prepared = PreparedRequest(endpoint, request)
             if endpoint == CHAT_URL:
                 self._prepare_chat(prepared)
