@@ -79,8 +79,16 @@ def _materialize(
     )
 
 
-def _with_failure(batch: dict, result: dg.ExecuteInProcessResult) -> dict:
+def _after(
+    storage: BatchStorage, batch_id: str, before: dict, result: dg.ExecuteInProcessResult
+) -> dict:
     """batch.json as the user should see it after ``result``."""
+    try:
+        batch = read_batch(storage, batch_id)
+    except Exception:
+        if result.success:
+            raise
+        batch = before  # the storage itself failed: say why the run failed
     if result.success or batch["status"] == "failed":
         return batch
     failure = next((e for e in result.all_events if e.is_step_failure), None)
@@ -102,8 +110,9 @@ def run_file(
     tenant = storage.for_project(project)
     key = _inbox_key(tenant, file)
     batch_id = register_batch(tenant, key)
-    if read_batch(tenant, batch_id)["status"] in TERMINAL_STATUSES:
-        return read_batch(tenant, batch_id)
+    before = read_batch(tenant, batch_id)
+    if before["status"] in TERMINAL_STATUSES:
+        return before
     result = _materialize(
         batch_job,
         storage,
@@ -113,7 +122,7 @@ def run_file(
         run_config,
         {"batch/input": key, **(tags or {})},
     )
-    return _with_failure(read_batch(tenant, batch_id), result)
+    return _after(tenant, batch_id, before, result)
 
 
 def cancel_batch(
@@ -136,8 +145,9 @@ def cancel_batch(
         if time.monotonic() >= deadline:
             key = partition_key(project, batch_id)
             instance = instance or _instance(tenant)
+            before = read_batch(tenant, batch_id)
             result = _materialize(cancel_job, storage, engine, key, instance, None, {})
-            return _with_failure(read_batch(tenant, batch_id), result)
+            return _after(tenant, batch_id, before, result)
         time.sleep(1)
     return read_batch(tenant, batch_id)
 
@@ -185,7 +195,38 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("BATCH_SERVED_MODEL_NAME"),
         help="name body.model must use (BATCH_SERVED_MODEL_NAME; default: the --model value)",
     )
-    parser.add_argument("--max-model-len", type=int, default=None)
+    for name, kind in ENGINE_FLAGS.items():
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=kind, default=None)
+
+
+# Engine settings a one-shot run can set (fields of resources.vllm_engine.VLLMEngine).
+ENGINE_FLAGS: dict[str, type] = {
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "max_num_batched_tokens": int,
+    "gpu_memory_utilization": float,
+    "tensor_parallel_size": int,
+    "kv_cache_memory_bytes": int,
+    "dtype": str,
+    "seed": int,
+    "load_format": str,
+    "enable_prefix_caching": bool,
+    "enforce_eager": bool,
+    "engine_in_process": bool,
+}
+
+
+def _engine(args: argparse.Namespace) -> VLLMEngine:
+    settings = {name: getattr(args, name) for name in ENGINE_FLAGS}
+    return VLLMEngine(
+        model=args.model,
+        served_model_name=args.served_model_name,
+        **{name: value for name, value in settings.items() if value is not None},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     projects = [args.project] if args.project else []
     storage = BatchStorage(root=args.storage, projects=projects)
     tenant = storage.for_project(args.project)
-    engine = VLLMEngine(
-        model=args.model, served_model_name=args.served_model_name, max_model_len=args.max_model_len
-    )
+    engine = _engine(args)
     if args.command == "cancel":
         try:
             batch = cancel_batch(

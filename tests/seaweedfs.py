@@ -57,11 +57,13 @@ class SeaweedFS:
         self.data_dir, self.port = data_dir, port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        # Fixed for the server's life, so that a restart on the same folder finds its peers.
+        self.ports = {name: free_port() for name in ("master", "volume", "filer")}
 
     def start(self, timeout_s: float = 30) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        ports = self.ports
         self.process = subprocess.Popen(
             [
                 weed_binary(),
