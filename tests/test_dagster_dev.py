@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -17,76 +16,12 @@ import pytest
 
 from resources.storage import BatchStorage
 from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line
-from tests.seaweedfs import free_port, stop_process_group
+from tests.dagster_dev import DagsterDev, wait_for_batches
 
 pytestmark = pytest.mark.slow
 
 
-class DagsterDev:
-    def __init__(self, home: Path, env: dict[str, str]):
-        self.home, self.port = home, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-        self.log = (home / "dagster-dev.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                str(ROOT / ".venv" / "bin" / "dagster"),
-                "dev",
-                "-w",
-                str(ROOT / "workspace.yaml"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env, "DAGSTER_HOME": str(home)},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.tail()
-            try:
-                with urllib.request.urlopen(f"{self.url}/server_info", timeout=2):
-                    return
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError(self.tail())
-
-    def tail(self) -> str:
-        return (self.home / "dagster-dev.log").read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        stop_process_group(self.process, timeout_s=30)
-        self.log.close()
-
-    def runs(self) -> list[dg.DagsterRun]:
-        with dg.DagsterInstance.from_config(str(self.home)) as instance:
-            return list(instance.get_runs(dg.RunsFilter(job_name="batch_job")))
-
-
-def _wait_for_completed(
-    storage: BatchStorage, dev: DagsterDev, count: int, timeout_s: float = 600
-) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        batches = [
-            storage.read_json(info.key)
-            for info in storage.list("outbox")
-            if info.key.endswith("/batch.json")
-        ]
-        finished = [b for b in batches if b["status"] in ("completed", "failed")]
-        if len(finished) == count:
-            return finished
-        assert dev.process.poll() is None, dev.tail()
-        assert "Error loading repository location" not in dev.tail(), dev.tail()
-        time.sleep(2)
-    raise TimeoutError(f"batches not finished; runs: {dev.runs()}\n{dev.tail()}")
+CANARY = "ZQXJ-canary-prompt-8842"  # a prompt no tiny-model answer can contain
 
 
 def _run_uploads(
@@ -106,13 +41,16 @@ def _run_uploads(
         for n in range(uploads):
             content = (
                 "\n".join(
-                    [request_line(f"e2e-{i}", chat_body(f"river {n} {i}")) for i in range(12)]
+                    [
+                        request_line(f"e2e-{i}", chat_body(f"{CANARY} river {n} {i}"))
+                        for i in range(12)
+                    ]
                     + ["{broken"]
                 )
                 + "\n"
             )
             storage.write_bytes(f"inbox/e2e-{n}.jsonl", content.encode())
-        batches = _wait_for_completed(storage, dev, uploads)
+        batches = wait_for_batches(storage, dev, uploads)
         for batch in batches:
             oa.Batch.model_validate(batch)
             assert batch["status"] == "completed", json.dumps(batch)
@@ -167,7 +105,18 @@ def test_uploads_to_a_local_inbox_run_once_one_at_a_time_and_the_ui_renders(tiny
         dev.stop()
 
 
-def test_an_upload_to_an_s3_inbox_runs_once(tiny_model, s3_server, tmp_path):
+def test_an_upload_to_an_s3_inbox_runs_once_and_leaks_no_secret(tiny_model, s3_server, tmp_path):
     storage = BatchStorage(root="s3://batches/e2e", endpoint_url=s3_server.endpoint)
     env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
-    _run_uploads(storage, env, tmp_path / "home", uploads=1).stop()
+    home = tmp_path / "home"
+    _run_uploads(storage, env, home, uploads=1).stop()
+    # Neither the credentials nor the prompt text reach Dagster's logs, event log, run
+    # config or compute logs; the credentials reach no stored object either.
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    for path in (p for p in home.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        assert secret not in data, path
+        assert CANARY.encode() not in data, path
+    for prefix in ("outbox", "work", "inbox"):
+        for info in storage.list(prefix):
+            assert secret not in storage.read_bytes(info.key), info.key
