@@ -171,49 +171,40 @@ class ChunkWriter:
         valid = self._valid
         if self.order_by_prefix:
             valid = sorted(valid, key=lambda r: r.prefix)  # stable: ties keep line order
+        columns = {
+            "line": [r.line for r in valid],
+            "custom_id": [r.custom_id for r in valid],
+            "body": [r.body_json for r in valid],
+        }
         key = f"{self.paths.shards}/shard-{len(self.shards):05d}.parquet"
-        frame = pl.DataFrame(
-            {
-                "line": [r.line for r in valid],
-                "custom_id": [r.custom_id for r in valid],
-                "body": [r.body_json for r in valid],
-            },
-            schema=REQUEST_SCHEMA,
-        )
-        with self.storage.open_write(key) as stream:
-            frame.write_parquet(stream)
-        lines = [r.line for r in self._valid]
-        self.shards.append(
-            {"key": key, "rows": len(lines), "first_line": lines[0], "last_line": lines[-1]}
-        )
+        lines = (self._valid[0].line, self._valid[-1].line)
+        self.shards.append(self._write(key, columns, REQUEST_SCHEMA, lines))
         self.stats.valid += len(valid)
         self.stats.prompt_chars += sum(r.prompt_chars for r in valid)
         self.stats.models.update(r.model for r in valid)
 
     def _write_errors(self) -> None:
         errors = sorted(self._errors, key=lambda e: e.line)
+        columns = {
+            "line": [e.line for e in errors],
+            "custom_id": [e.custom_id for e in errors],
+            "code": [e.code for e in errors],
+            "message": [e.message for e in errors],
+        }
         key = f"{self.paths.line_errors}/part-{len(self.error_parts):05d}.parquet"
-        frame = pl.DataFrame(
-            {
-                "line": [e.line for e in errors],
-                "custom_id": [e.custom_id for e in errors],
-                "code": [e.code for e in errors],
-                "message": [e.message for e in errors],
-            },
-            schema=LINE_ERROR_SCHEMA,
-        )
-        with self.storage.open_write(key) as stream:
-            frame.write_parquet(stream)
-        self.error_parts.append(
-            {
-                "key": key,
-                "rows": len(errors),
-                "first_line": errors[0].line,
-                "last_line": errors[-1].line,
-            }
-        )
+        lines = (errors[0].line, errors[-1].line)
+        self.error_parts.append(self._write(key, columns, LINE_ERROR_SCHEMA, lines))
         self.stats.invalid += len(errors)
         self.stats.error_codes.update(e.code for e in errors)
+
+    def _write(
+        self, key: str, columns: dict[str, list], schema: dict, lines: tuple[int, int]
+    ) -> dict[str, Any]:
+        """Write one parquet file; its manifest entry (rows and line range)."""
+        frame = pl.DataFrame(columns, schema=schema)
+        with self.storage.open_write(key) as stream:
+            frame.write_parquet(stream)
+        return {"key": key, "rows": frame.height, "first_line": lines[0], "last_line": lines[1]}
 
     @property
     def first_error(self) -> LineError | None:

@@ -50,9 +50,13 @@ def cancel_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage):
             if mark_cancelling(tenant, batch_id) in TERMINAL_STATUSES:
                 continue
             key = partition_key(project, batch_id)
-            runs = context.instance.get_runs(
-                dg.RunsFilter(tags={"dagster/partition": key}, statuses=_WAITING + _RUNNING)
-            )
+            runs = [
+                run
+                for run in context.instance.get_runs(
+                    dg.RunsFilter(tags={"dagster/partition": key}, statuses=_WAITING + _RUNNING)
+                )
+                if run.job_name != cancel_job.name  # the publishing run itself goes ahead
+            ]
             for run in runs:
                 if run.status in _WAITING:
                     context.log.info("batch %s: cancelling queued run %s", key, run.run_id)

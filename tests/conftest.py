@@ -3,6 +3,8 @@
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,25 @@ def chat_body(content: Any = "hello world", **params: Any) -> dict[str, Any]:
         "temperature": 0,
         **params,
     }
+
+
+def request_ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(count)]
+
+
+def chat_requests(prefix: str, count: int, max_tokens: int = 16) -> str:
+    """``count`` chat request lines, each generating exactly ``max_tokens`` tokens."""
+    return "".join(
+        request_line(cid, chat_body(f"tell {cid}", max_tokens=max_tokens, ignore_eos=True)) + "\n"
+        for cid in request_ids(prefix, count)
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 @dataclass

@@ -101,6 +101,12 @@ class SeaweedFS:
         if self.process:
             stop_process_group(self.process, timeout_s=15)
 
+    def kill(self) -> None:
+        """An outage: the server dies at once (SIGKILL), mid-request if need be."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
     def client(self):
         return boto3.client(
             "s3",

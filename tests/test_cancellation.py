@@ -12,25 +12,20 @@ from batch_assets.cancellation import request_cancel
 from batch_assets.cli import cancel_batch, run_file
 from batch_assets.journal import journaled_lines
 from resources.storage import BatchStorage
-from tests.conftest import chat_body, read_jsonl, request_line
+from tests.conftest import (
+    chat_body,
+    chat_requests,
+    read_jsonl,
+    request_ids,
+    request_line,
+    wait_for,
+)
 
 
 def _upload(tmp_path: Path, requests: int, bad_lines: int = 0) -> Path:
-    lines = [
-        request_line(f"c{i:05d}", chat_body(f"river {i}", max_tokens=16, ignore_eos=True))
-        for i in range(requests)
-    ]
-    lines += ["{not json"] * bad_lines
     upload = tmp_path / "cancel-me.jsonl"
-    upload.write_text("\n".join(lines) + "\n")
+    upload.write_text(chat_requests("c", requests) + "{not json\n" * bad_lines)
     return upload
-
-
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _published(storage: BatchStorage, batch_id: str) -> tuple[list[dict], list[dict]]:
@@ -48,10 +43,10 @@ def test_a_running_batch_stops_within_seconds_and_keeps_its_finished_lines(
         target=lambda: result.update(run_file(upload, storage, engine, instance=instance))
     )
     worker.start()
-    _wait_for(lambda: storage.exists("inbox/cancel-me.jsonl"), 60, "the upload")
+    wait_for(lambda: storage.exists("inbox/cancel-me.jsonl"), 60, "the upload")
     batch_id = register_batch(storage, "inbox/cancel-me.jsonl")
     journal = BatchPaths(batch_id).journal
-    _wait_for(lambda: len(journaled_lines(storage, journal)) >= 100, 300, "100 answers")
+    wait_for(lambda: len(journaled_lines(storage, journal)) >= 100, 300, "100 answers")
     asked = time.monotonic()
     assert request_cancel(storage, batch_id) == "cancelling"
     worker.join(timeout=120)
@@ -69,7 +64,7 @@ def test_a_running_batch_stops_within_seconds_and_keeps_its_finished_lines(
     assert len(cancelled) == 3000 - done
     assert sum(e["error"]["code"] == "invalid_json_line" for e in errors) == 2
     ids = [line["custom_id"] for line in output + cancelled]
-    assert sorted(ids) == [f"c{i:05d}" for i in range(3000)]  # each line exactly once
+    assert sorted(ids) == request_ids("c", 3000)  # each line exactly once
     assert batch.request_counts.model_dump() == {
         "total": 3002,
         "completed": done,

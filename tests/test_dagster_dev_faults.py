@@ -18,7 +18,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from resources.storage import BatchStorage
-from tests.conftest import MODEL_NAME, ROOT, chat_body, read_jsonl, request_line
+from tests.conftest import MODEL_NAME, ROOT, chat_requests, read_jsonl, request_ids
 from tests.dagster_dev import DagsterDev, wait_for_batches
 
 pytestmark = pytest.mark.slow
@@ -38,12 +38,8 @@ def _dev(home: Path, storage: BatchStorage) -> DagsterDev:
 
 
 def _upload(storage: BatchStorage, name: str, requests: int) -> set[str]:
-    ids = [f"{name}-{i:05d}" for i in range(requests)]
-    content = "\n".join(
-        request_line(cid, chat_body(f"long {cid}", max_tokens=16, ignore_eos=True)) for cid in ids
-    )
-    storage.write_bytes(f"inbox/{name}.jsonl", (content + "\n").encode())
-    return set(ids)
+    storage.write_bytes(f"inbox/{name}.jsonl", chat_requests(f"{name}-", requests).encode())
+    return set(request_ids(f"{name}-", requests))
 
 
 def _journal_segments(root: Path) -> list[Path]:
@@ -121,34 +117,40 @@ def test_a_terminated_run_and_a_cancel_request_cancel_their_batches(tiny_model, 
     root = Path(storage.uri)
     dev = _dev(tmp_path / "home", storage)
     try:
-        running = _upload(storage, "running", 3000)
+        # A long batch runs; a short one uploaded after it waits (one engine run at a time).
+        ids = {"long": _upload(storage, "long", 20_000)}
         _wait(lambda: _journaled(root) >= 200, dev, "200 journaled answers")
-        queued = _upload(storage, "queued", 50)  # waits: one engine run at a time
-        _wait(
-            lambda: dg.DagsterRunStatus.QUEUED in {r.status for r in dev.runs()},
-            dev,
-            "the second run, queued behind the first",
-        )
-        first = next(r for r in dev.runs() if r.tags["batch/input"] == "inbox/running.jsonl")
-        second = next(r for r in dev.runs() if r.tags["batch/input"] == "inbox/queued.jsonl")
-        assert first.status == dg.DagsterRunStatus.STARTED
-        assert second.status == dg.DagsterRunStatus.QUEUED
+        ids["short"] = _upload(storage, "short", 50)
+        _wait(lambda: len(dev.runs()) == 2, dev, "the short batch's run")
+        runs = {r.tags["batch/input"]: r for r in dev.runs()}
+        running, queued = runs["inbox/long.jsonl"], runs["inbox/short.jsonl"]
+        assert running.status == dg.DagsterRunStatus.STARTED
 
-        client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
-        client.terminate_run(first.run_id)
-        storage.write_bytes(f"cancel/{second.tags['dagster/partition']}", b"")
+        # A cancel request for the queued batch: its run is cancelled before it starts.
+        storage.write_bytes(f"cancel/{queued.tags['dagster/partition']}", b"")
+        _wait(
+            lambda: (
+                next(r for r in dev.runs() if r.run_id == queued.run_id).status
+                == dg.DagsterRunStatus.CANCELED
+            ),
+            dev,
+            "the queued run to be cancelled",
+        )
+        # Terminating the running batch's run (GraphQL, as the UI does) cancels it.
+        DagsterGraphQLClient("127.0.0.1", port_number=dev.port).terminate_run(running.run_id)
         batches = wait_for_batches(storage, dev, 2, timeout_s=600, statuses=("cancelled",))
     finally:
         dev.stop()
 
     by_input = {b["metadata"]["input"]: b for b in batches}
-    for name, ids in (("running", running), ("queued", queued)):
-        batch = oa.Batch.model_validate(by_input[f"inbox/{name}.jsonl"])
+    for run in (running, queued):
+        batch = oa.Batch.model_validate(by_input[run.tags["batch/input"]])
         assert batch.cancelling_at and batch.cancelled_at
         output = read_jsonl(root / batch.output_file_id)
         errors = read_jsonl(root / batch.error_file_id)
         assert {e["error"]["code"] for e in errors} <= {"batch_cancelled"}
-        assert sorted(line["custom_id"] for line in output + errors) == sorted(ids)
+        name = run.tags["batch/input"].removeprefix("inbox/").removesuffix(".jsonl")
+        assert sorted(line["custom_id"] for line in output + errors) == sorted(ids[name])
         assert batch.request_counts.completed == len(output)
-    assert by_input["inbox/running.jsonl"].get("request_counts")["completed"] >= 200
-    assert by_input["inbox/queued.jsonl"]["request_counts"]["completed"] == 0
+    assert 200 <= by_input["inbox/long.jsonl"]["request_counts"]["completed"] < 20_000
+    assert by_input["inbox/short.jsonl"]["request_counts"]["completed"] == 0

@@ -14,7 +14,7 @@ from batch_assets.jobs import batch_assets
 from batch_assets.journal import journaled_lines
 from batch_assets.result_files import batch_results
 from resources.storage import BatchStorage
-from tests.conftest import chat_body, read_jsonl, request_line
+from tests.conftest import chat_requests, read_jsonl, request_ids
 
 REQUESTS = 300
 
@@ -48,13 +48,7 @@ def _fill(disk: Path, leave_bytes: int) -> Path:
 
 def _upload(tmp_path: Path) -> Path:
     upload = tmp_path / "full.jsonl"
-    upload.write_text(
-        "\n".join(
-            request_line(f"f{i:04d}", chat_body(f"disk {i}", max_tokens=16, ignore_eos=True))
-            for i in range(REQUESTS)
-        )
-        + "\n"
-    )
+    upload.write_text(chat_requests("f", REQUESTS))
     return upload
 
 
@@ -103,7 +97,7 @@ def test_a_full_disk_while_publishing_leaves_no_result_file(small_disk, tmp_path
         assert again.success
     assert read_batch(storage, batch_id)["status"] == "completed"
     output = read_jsonl(Path(storage.uri) / paths.output)
-    assert [line["custom_id"] for line in output] == [f"f{i:04d}" for i in range(REQUESTS)]
+    assert [line["custom_id"] for line in output] == request_ids("f", REQUESTS)
 
 
 def test_a_full_disk_while_journaling_fails_the_run_and_the_rerun_resumes(
@@ -126,4 +120,4 @@ def test_a_full_disk_while_journaling_fails_the_run_and_the_rerun_resumes(
     second = run_file(upload, storage, engine, instance=instance)
     assert second["status"] == "completed"
     output = read_jsonl(Path(storage.uri) / BatchPaths(batch_id).output)
-    assert [line["custom_id"] for line in output] == [f"f{i:04d}" for i in range(REQUESTS)]
+    assert [line["custom_id"] for line in output] == request_ids("f", REQUESTS)

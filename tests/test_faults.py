@@ -20,7 +20,15 @@ from batch_assets.batch_object import BatchPaths, register_batch
 from batch_assets.cli import run_file
 from batch_assets.journal import journaled_lines
 from resources.storage import BatchStorage
-from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, ROOT, chat_body, read_jsonl, request_line
+from tests.conftest import (
+    MAX_MODEL_LEN,
+    MODEL_NAME,
+    ROOT,
+    chat_requests,
+    read_jsonl,
+    request_ids,
+    wait_for,
+)
 from tests.seaweedfs import SeaweedFS
 
 pytestmark = pytest.mark.slow
@@ -29,26 +37,13 @@ TOTAL = 2000
 
 def _upload(tmp_path: Path) -> Path:
     upload = tmp_path / "faults.jsonl"
-    upload.write_text(
-        "\n".join(
-            request_line(f"f{i:04d}", chat_body(f"fault {i}", max_tokens=16, ignore_eos=True))
-            for i in range(TOTAL)
-        )
-        + "\n"
-    )
+    upload.write_text(chat_requests("f", TOTAL))
     return upload
-
-
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _assert_complete(storage: BatchStorage, batch_id: str) -> None:
     output = read_jsonl_from(storage, BatchPaths(batch_id).output)
-    assert [line["custom_id"] for line in output] == [f"f{i:04d}" for i in range(TOTAL)]
+    assert [line["custom_id"] for line in output] == request_ids("f", TOTAL)
 
 
 def read_jsonl_from(storage: BatchStorage, key: str) -> list[dict]:
@@ -80,8 +75,8 @@ def test_the_s3_server_stopping_mid_run_fails_cleanly_and_the_rerun_resumes(
             target=lambda: result.update(run_file(upload, storage, engine, instance=instance))
         )
         worker.start()
-        _wait_for(lambda: any(storage.list(journal)), 300, "a journal part on S3")
-        server.stop()
+        wait_for(lambda: any(storage.list(journal)), 300, "a journal part on S3")
+        server.kill()
         stopped = time.monotonic()
         worker.join(timeout=300)
         assert not worker.is_alive()
@@ -145,7 +140,7 @@ def test_the_engine_process_dying_mid_run_fails_cleanly_and_the_rerun_resumes(
     def journaled() -> int:
         return sum(p.read_bytes().count(b"\n") for p in journal.glob("*/journal/*.tsv"))
 
-    _wait_for(lambda: journaled() >= 200 or run.poll() is not None, 600, "200 answers")
+    wait_for(lambda: journaled() >= 200 or run.poll() is not None, 600, "200 answers")
     cores = [
         p for p in psutil.Process(run.pid).children(recursive=True) if "EngineCore" in p.name()
     ]

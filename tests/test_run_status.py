@@ -1,10 +1,15 @@
-"""A batch run that fails for good marks its batch failed; one with a retry left does not."""
+"""A batch run that fails for good marks its batch failed; one with a retry left does not;
+a run whose code server is gone is recognised as orphaned."""
+
+import json
+import socket
 
 import dagster as dg
 
 from batch_assets.batch_object import read_batch, register_batch
 from batch_assets.inference_run import batch_inference
 from resources.storage import BatchStorage
+from sensors.orphaned_runs import code_server_alive
 from sensors.run_status import batch_failure_sensor
 from tests.conftest import chat_body, request_line
 
@@ -63,3 +68,13 @@ def test_exhausted_retries_mark_the_batch_failed(tmp_path, engine):
         assert error["code"] == "run_failed"
         assert error["message"].startswith("batch_inference: ")
         assert "manifest.json" in error["message"]
+
+
+def test_a_code_server_that_refuses_connections_is_gone(tmp_path):
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert code_server_alive(json.dumps({"host": "127.0.0.1", "port": port}))
+    assert not code_server_alive(json.dumps({"host": "127.0.0.1", "port": port}))
+    assert not code_server_alive(json.dumps({"socket": str(tmp_path / "gone.sock")}))

@@ -2,6 +2,7 @@
 local folder and on a real S3 server."""
 
 import datetime as dt
+import gzip
 import os
 import time
 
@@ -39,6 +40,7 @@ def test_new_files_run_once_and_reuploads_run_again(storage, tmp_path):
     with dg.instance_for_test() as instance:
         storage.write_bytes("inbox/a.jsonl", LINE)
         storage.write_bytes("inbox/b.jsonl", LINE + LINE)
+        storage.write_bytes("inbox/c.jsonl.gz", gzip.compress(LINE))
         for ignored in (
             "inbox/.hidden.jsonl",
             "inbox/c.jsonl.tmp",
@@ -49,7 +51,7 @@ def test_new_files_run_once_and_reuploads_run_again(storage, tmp_path):
         storage.write_bytes("inbox/empty.jsonl", b"")
         result, added = tick(instance, storage, None)
         runs = {r.tags["batch/input"]: r for r in result.run_requests}
-        assert set(runs) == {"inbox/a.jsonl", "inbox/b.jsonl"}
+        assert set(runs) == {"inbox/a.jsonl", "inbox/b.jsonl", "inbox/c.jsonl.gz"}
         assert sorted(added) == sorted(r.partition_key for r in result.run_requests)
         for run in runs.values():
             assert run.run_key == run.partition_key
