@@ -17,7 +17,7 @@ EMBEDDINGS_URL = "/v1/embeddings"
 SUPPORTED_URLS = (CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL)
 
 
-class RequestLine(msgspec.Struct):
+class RequestLine(msgspec.Struct, gc=False):
     """The envelope: ``{"custom_id", "method", "url", "body"}``; ``body`` kept as raw JSON."""
 
     custom_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
@@ -26,12 +26,12 @@ class RequestLine(msgspec.Struct):
     body: msgspec.Raw
 
 
-class TextPart(msgspec.Struct):
+class TextPart(msgspec.Struct, gc=False):
     type: str
     text: str | None = None
 
 
-class ChatMessage(msgspec.Struct):
+class ChatMessage(msgspec.Struct, gc=False):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
 

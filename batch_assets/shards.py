@@ -203,7 +203,7 @@ class ChunkWriter:
         """Write one parquet file; its manifest entry (rows and line range)."""
         frame = pl.DataFrame(columns, schema=schema)
         with self.storage.open_write(key) as stream:
-            frame.write_parquet(stream)
+            frame.write_parquet(stream, compression="lz4")  # 2x zstd's speed; work files
         return {"key": key, "rows": frame.height, "first_line": lines[0], "last_line": lines[1]}
 
     @property

@@ -149,7 +149,7 @@ def validate_input(
     with open_input(storage, input_key, limits.max_file_bytes) as stream:
         for number, content in iter_raw_lines(stream, limits.max_line_bytes):
             report.lines = number
-            if content is not None and not content.strip():
+            if content is not None and (not content or content.isspace()):
                 report.blank_lines += 1
                 continue
             if number - report.blank_lines > limits.max_lines:
