@@ -23,8 +23,12 @@ def cancel_key(batch_id: str) -> str:
     return f"{CANCEL_PREFIX}/{batch_id}"
 
 
-def cancel_requested(storage: BatchStorage, batch_id: str) -> bool:
-    return storage.exists(cancel_key(batch_id))
+def cancel_requested(storage: BatchStorage, batch_id: str, status: str | None = None) -> bool:
+    """Whether the batch is to be cancelled: a request object, or batch.json already says so.
+
+    ``status`` is batch.json's status, when the caller has read it.
+    """
+    return status in ("cancelling", "cancelled") or storage.exists(cancel_key(batch_id))
 
 
 def request_cancel(storage: BatchStorage, batch_id: str) -> str:

@@ -118,7 +118,7 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
     manifest = storage.read_json(paths.manifest)
     done = journaled_lines(storage, paths.journal)
     todo = manifest["requests"] - len(done)
-    cancelled = cancel_requested(storage, batch_id)
+    cancelled = cancel_requested(storage, batch_id, read_batch(storage, batch_id)["status"])
     if cancelled:
         mark_cancelling(storage, batch_id)
     elif read_batch(storage, batch_id)["status"] == "validating":

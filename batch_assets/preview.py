@@ -46,8 +46,10 @@ def batch_preview(
     if todo:
         run_requests(context, storage, engine, batch_id, manifest, todo)
         done = read_journal(storage, paths.journal)
-    text = "".join(
-        success_line(paths.batch_id, line, custom_id, done[line]) for line, custom_id, _ in first
+    text = "".join(  # all of them, unless a cancel request stopped the preview
+        success_line(paths.batch_id, line, custom_id, done[line])
+        for line, custom_id, _ in first
+        if line in done
     )
     key = f"{paths.outbox}/preview.jsonl"
     storage.write_bytes(key, text.encode())

@@ -143,8 +143,8 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     manifest = storage.read_json(paths.manifest)
     with JournalIndex(storage, paths.journal) as journal:
         missing = manifest["requests"] - len(journal)
-        cancelled = cancel_requested(storage, batch_id)
         batch = read_batch(storage, batch_id)
+        cancelled = cancel_requested(storage, batch_id, batch["status"])
         expired = missing > 0 and time.time() >= batch["expires_at"]
         if missing > 0 and not (expired or cancelled):
             raise dg.Failure(

@@ -86,3 +86,6 @@ class LocalBackend:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.local_path(prefix), ignore_errors=True)
+
+    def delete(self, key: str) -> None:
+        self.local_path(key).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ chat template is applied by the engine's own renderer. A body the engine would a
 HTTP 400 raises :class:`RequestRejected`.
 """
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ class PreparedRequest:
 
     endpoint: str
     request: Any  # the vLLM protocol model, kept for building the response
+    settings: str = ""  # the body without its messages/prompt/input: what requests share
     inputs: list[Any] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
 
@@ -67,8 +69,30 @@ def _prompt_list(value: Any) -> list[Any]:
     return [v if isinstance(v, str) else {"prompt_token_ids": list(v)} for v in value]
 
 
+# The field that differs from request to request in a batch; the rest (model, sampling
+# settings) is usually shared by many lines.
+_PER_REQUEST_FIELD = {CHAT_URL: "messages", COMPLETIONS_URL: "prompt", EMBEDDINGS_URL: "input"}
+
+
+def _normalized_messages(messages: list[Any]) -> list[Any]:
+    """What vLLM's request model does to messages before validating them."""
+    for message in messages:
+        if isinstance(message, dict) and "reasoning_content" in message:
+            reasoning = message.pop("reasoning_content")
+            if reasoning is not None and message.get("reasoning") is None:
+                message["reasoning"] = reasoning
+    return messages
+
+
 class RequestBuilder:
-    """Prepare bodies for one loaded engine."""
+    """Prepare bodies for one loaded engine.
+
+    A body is validated with vLLM's own request model the first time its settings (all
+    fields but the messages, prompt or input) are seen; later bodies with the same settings
+    reuse that validated request with their own messages, and share its sampling parameters
+    when their ``max_tokens`` is the same. This keeps the per-request cost near what raw
+    ``LLM.chat`` pays, which on a fast engine is what separates the two.
+    """
 
     def __init__(self, llm: "LLM", clamp_max_tokens: bool = False):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -86,15 +110,32 @@ class RequestBuilder:
             COMPLETIONS_URL: CompletionRequest,
             EMBEDDINGS_URL: EmbeddingCompletionRequest,
         }
+        self._validated: dict[str, Any] = {}  # settings -> a validated request
+        self._params: dict[tuple[int, int], Any] = {}  # (request, max_tokens) -> params
+
+    def _request(self, endpoint: str, body: dict[str, Any]) -> tuple[Any, str]:
+        """vLLM's request model for ``body`` (validated once per settings), and the settings."""
+        field = _PER_REQUEST_FIELD[endpoint]
+        settings = json.dumps({k: v for k, v in body.items() if k != field}, sort_keys=True)
+        known = self._validated.get(settings)
+        if known is None or not isinstance(body.get(field), type(getattr(known, field))):
+            request = self._models[endpoint].model_validate(body)
+            if len(self._validated) < 4096:
+                self._validated[settings] = request
+            return request, settings
+        value = body[field]
+        if field == "messages":
+            value = _normalized_messages(value)
+        return known.model_copy(update={field: value}), settings
 
     def prepare(self, endpoint: str, body: dict[str, Any]) -> PreparedRequest:
         from vllm.exceptions import VLLMValidationError
 
         try:
-            request = self._models[endpoint].model_validate(body)
+            request, settings = self._request(endpoint, body)
             if (getattr(request, "n", None) or 1) > MAX_N:
                 raise RequestRejected(f"n: must be at most {MAX_N}", "n")
-            prepared = PreparedRequest(endpoint, request)
+            prepared = PreparedRequest(endpoint, request, settings)
             if endpoint == CHAT_URL:
                 self._prepare_chat(prepared)
             elif endpoint == COMPLETIONS_URL:
@@ -134,9 +175,15 @@ class RequestBuilder:
             )
         return room if requested is None else min(requested, room)
 
-    def _sampling(self, request: Any, prompt_len: int, requested: int | None) -> Any:
-        params = request.to_sampling_params(self._max_tokens(prompt_len, requested), self.defaults)
-        params.output_kind = self._final_only
+    def _sampling(self, prepared: PreparedRequest, prompt_len: int, requested: int | None) -> Any:
+        max_tokens = self._max_tokens(prompt_len, requested)
+        key = (prepared.settings, max_tokens)
+        params = self._params.get(key)
+        if params is None:
+            params = prepared.request.to_sampling_params(max_tokens, self.defaults)
+            params.output_kind = self._final_only
+            if len(self._params) < 4096:
+                self._params[key] = params  # vLLM clones a request's params as it adds it
         return params
 
     def _prepare_chat(self, prepared: PreparedRequest) -> None:
@@ -157,7 +204,7 @@ class RequestBuilder:
         )
         prompt_len = len(engine_input["prompt_token_ids"])
         prepared.inputs.append(engine_input)
-        prepared.params.append(self._sampling(request, prompt_len, requested))
+        prepared.params.append(self._sampling(prepared, prompt_len, requested))
 
     def _prepare_completion(self, prepared: PreparedRequest) -> None:
         request = prepared.request
@@ -167,7 +214,7 @@ class RequestBuilder:
             engine_input = self.llm._preprocess_cmpl_one(prompt)
             prompt_len = len(engine_input["prompt_token_ids"])
             prepared.inputs.append(engine_input)
-            prepared.params.append(self._sampling(request, prompt_len, request.max_tokens))
+            prepared.params.append(self._sampling(prepared, prompt_len, request.max_tokens))
 
     def _prepare_embedding(self, prepared: PreparedRequest) -> None:
         request = prepared.request

@@ -142,3 +142,6 @@ class S3Backend:
                 batch = []
         if batch:
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
