@@ -3,8 +3,9 @@
 A cancel request (``<root>/cancel/<batch_id>``, see :mod:`batch_assets.cancellation`) moves
 the batch to ``cancelling``. A batch run in progress sees the request itself and finishes
 the batch as ``cancelled``; queued runs of the batch are cancelled, and a batch with no run
-in progress is published by ``cancel_job`` (no engine, no GPU). Terminating a batch run in
-the UI or through the GraphQL API is a cancel request too.
+in progress is published by ``cancel_job`` (no engine, no GPU). Once the batch is finished,
+the request object is removed. Terminating a batch run in the UI or through the GraphQL API
+is a cancel request too.
 """
 
 import dagster as dg
@@ -48,6 +49,7 @@ def cancel_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage):
             if not tenant.exists(BatchPaths(batch_id).batch_json):
                 continue  # not a batch of this storage
             if mark_cancelling(tenant, batch_id) in TERMINAL_STATUSES:
+                tenant.delete(info.key)  # done with (or too late): the request is consumed
                 continue
             key = partition_key(project, batch_id)
             runs = [

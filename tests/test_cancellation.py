@@ -4,14 +4,16 @@ import threading
 import time
 from pathlib import Path
 
+import dagster as dg
 import openai.types as oa
 import pytest
 
-from batch_assets.batch_object import BatchPaths, register_batch
+from batch_assets.batch_object import BatchPaths, read_batch, register_batch, update_batch
 from batch_assets.cancellation import request_cancel
 from batch_assets.cli import cancel_batch, run_file
 from batch_assets.journal import journaled_lines
 from resources.storage import BatchStorage
+from sensors.cancel import cancel_sensor
 from tests.conftest import (
     chat_body,
     chat_requests,
@@ -24,7 +26,8 @@ from tests.conftest import (
 
 def _upload(tmp_path: Path, requests: int, bad_lines: int = 0) -> Path:
     upload = tmp_path / "cancel-me.jsonl"
-    upload.write_text(chat_requests("c", requests) + "{not json\n" * bad_lines)
+    # 128 tokens each: the batch runs for many seconds, so the cancel lands mid-run
+    upload.write_text(chat_requests("c", requests, max_tokens=128) + "{not json\n" * bad_lines)
     return upload
 
 
@@ -100,3 +103,24 @@ def test_cancelling_a_finished_batch_changes_nothing(run_batch):
 def test_cancelling_an_unknown_batch_is_an_error(tmp_path):
     with pytest.raises(KeyError):
         request_cancel(BatchStorage(root=str(tmp_path)), "batch_nope")
+
+
+def test_the_cancel_sensor_publishes_idle_batches_and_consumes_finished_requests(tmp_path):
+    storage = BatchStorage(root=str(tmp_path))
+    for name in ("idle", "done"):
+        line = request_line(name, chat_body()) + "\n"
+        storage.write_bytes(f"inbox/{name}.jsonl", line.encode())
+    idle = register_batch(storage, "inbox/idle.jsonl")
+    done = register_batch(storage, "inbox/done.jsonl")
+    update_batch(storage, done, status="completed")
+    for batch_id in (idle, done):
+        storage.write_bytes(f"cancel/{batch_id}", b"")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+        requests = cancel_sensor(context)
+    assert [(r.job_name, r.partition_key, r.run_key) for r in requests] == [
+        ("cancel_job", idle, f"{idle}:cancel")
+    ]
+    assert read_batch(storage, idle)["status"] == "cancelling"
+    assert read_batch(storage, done)["status"] == "completed"  # too late: nothing changes
+    assert not storage.exists(f"cancel/{done}") and storage.exists(f"cancel/{idle}")

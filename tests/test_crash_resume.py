@@ -94,7 +94,7 @@ def test_kill_mid_inference_recomputes_only_what_the_journal_lacks(tmp_path, tin
     total = 2000
     upload.write_text(
         "\n".join(
-            request_line(f"c{i}", chat_body(f"kill {i}", max_tokens=16, ignore_eos=True))
+            request_line(f"c{i}", chat_body(f"kill {i}", max_tokens=64, ignore_eos=True))
             for i in range(total)
         )
         + "\n"

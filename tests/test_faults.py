@@ -33,11 +33,12 @@ from tests.seaweedfs import SeaweedFS
 
 pytestmark = pytest.mark.slow
 TOTAL = 2000
+MAX_TOKENS = 128  # ~15 s of decoding on the tiny CPU engine: room to strike mid-run
 
 
 def _upload(tmp_path: Path) -> Path:
     upload = tmp_path / "faults.jsonl"
-    upload.write_text(chat_requests("f", TOTAL))
+    upload.write_text(chat_requests("f", TOTAL, max_tokens=MAX_TOKENS))
     return upload
 
 
