@@ -69,7 +69,7 @@ class DagsterDev:
         self.process.wait()
         self.log.close()
 
-    def runs(self, job_name: str = "batch_job") -> list[dg.DagsterRun]:
+    def runs(self, job_name: str | None = "batch_job") -> list[dg.DagsterRun]:
         with dg.DagsterInstance.from_config(str(self.home)) as instance:
             return list(instance.get_runs(dg.RunsFilter(job_name=job_name)))
 
@@ -81,7 +81,11 @@ def wait_for_batches(
     timeout_s: float = 600,
     statuses: tuple[str, ...] = ("completed", "failed"),
 ) -> list[dict]:
-    """The batch.json of ``count`` batches once they all reached one of ``statuses``."""
+    """The batch.json of ``count`` batches once they all reached one of ``statuses``.
+
+    Waits for every run to end too: a run publishes batch.json before its last events, and
+    stopping ``dagster dev`` in between would fail it.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         batches = [
@@ -90,7 +94,7 @@ def wait_for_batches(
             if info.key.endswith("/batch.json")
         ]
         finished = [b for b in batches if b["status"] in statuses]
-        if len(finished) == count:
+        if len(finished) == count and all(run.is_finished for run in dev.runs(None)):
             return finished
         assert dev.process.poll() is None, dev.tail()
         assert "Error loading repository location" not in dev.tail(), dev.tail()

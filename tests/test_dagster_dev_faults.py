@@ -37,8 +37,9 @@ def _dev(home: Path, storage: BatchStorage) -> DagsterDev:
     return dev
 
 
-def _upload(storage: BatchStorage, name: str, requests: int) -> set[str]:
-    storage.write_bytes(f"inbox/{name}.jsonl", chat_requests(f"{name}-", requests).encode())
+def _upload(storage: BatchStorage, name: str, requests: int, max_tokens: int = 16) -> set[str]:
+    body = chat_requests(f"{name}-", requests, max_tokens=max_tokens)
+    storage.write_bytes(f"inbox/{name}.jsonl", body.encode())
     return set(request_ids(f"{name}-", requests))
 
 
@@ -77,7 +78,7 @@ def test_a_killed_run_retries_and_a_crashed_dagster_dev_finishes_the_batch(tiny_
     root, home = Path(storage.uri), tmp_path / "home"
     dev = _dev(home, storage)
     try:
-        ids = _upload(storage, "long", 3000)
+        ids = _upload(storage, "long", 3000, max_tokens=64)  # long enough to strike twice
 
         # 1. kill -9 the process running the batch: the run fails, a retry resumes.
         _wait(lambda: _journaled(root) >= 300, dev, "300 journaled answers")
