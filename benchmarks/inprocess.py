@@ -5,13 +5,15 @@
 shards written by ``validate_input``, prepare each body with vLLM's OpenAI request models,
 feed the engine continuously, build the OpenAI bodies and journal every answer.
 
-Fairness: one engine for both sides; an untimed warm-up of each side; the prefix cache reset
+Fairness: one engine for both sides; an untimed warm-up of each side; the harness's objects
+frozen out of the garbage collector's passes (``gc.freeze``); the prefix cache reset
 before every timed run; the order of the sides rotates from one repeat to the next; the suite
 compares medians. The suite runs this module as a child process, one per workload:
 
     python -m benchmarks.inprocess SPEC.json RESULT.json
 """
 
+import gc
 import itertools
 import json
 import os
@@ -248,6 +250,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if any(s.startswith("phase") for s in sides):
         bench.validate()
     bench.warm_up(sides, min(spec["warmup"], bench.n))
+    # The harness's own objects (side (1)'s parsed bodies: a real run has none) leave the
+    # collector's view, for both sides alike; vLLM froze the engine's at start-up the same way.
+    gc.collect()
+    gc.freeze()
     runs: list[Run] = []
     for attempt in range(spec["repeats"]):
         shift = attempt % len(sides)

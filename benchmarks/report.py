@@ -17,7 +17,8 @@ GPU_ANCHOR = (
 SCOPES = (
     "**phase, in memory**: timed inside one process on one already-started engine object; "
     "(1) gets its requests as Python objects, (2) reads them from the parquet shards "
-    "`validate_input` wrote and journals every answer. "
+    "`validate_input` wrote and journals every answer; the harness's own objects are frozen "
+    "out of Python's garbage collector after the warm-up, for both sides alike. "
     "**whole process**: wall time of the command from start to exit: imports, engine start, "
     "reading the file, inference, writing results. "
     "**phase, from the run**: the `batch_inference` asset's own `inference_wall_s` from that "
