@@ -118,12 +118,13 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
     manifest = storage.read_json(paths.manifest)
     done = journaled_lines(storage, paths.journal)
     todo = manifest["requests"] - len(done)
-    cancelled = cancel_requested(storage, batch_id, read_batch(storage, batch_id)["status"])
+    batch = read_batch(storage, batch_id)
+    cancelled = cancel_requested(storage, batch_id, batch["status"])
     if cancelled:
         mark_cancelling(storage, batch_id)
-    elif read_batch(storage, batch_id)["status"] == "validating":
+    elif batch["status"] == "validating":
         update_batch(storage, batch_id, status="in_progress")
-    deadline, deadline_name = _deadline(context, read_batch(storage, batch_id))
+    deadline, deadline_name = _deadline(context, batch)  # expires_at: unchanged by the above
     context.log.info(
         "batch %s: %d requests, %d already journaled, %d to run",
         batch_id,
