@@ -18,7 +18,15 @@ import pytest
 
 from batch_assets.journal import JournalIndex
 from resources.storage import BatchStorage
-from tests.conftest import MODEL_NAME, ROOT, chat_body, read_jsonl, request_line
+from tests.conftest import (
+    MODEL_NAME,
+    ROOT,
+    chat_body,
+    chat_requests,
+    read_jsonl,
+    request_ids,
+    request_line,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -92,13 +100,7 @@ def test_kill_during_validation(tmp_path, tiny_model):
 def test_kill_mid_inference_recomputes_only_what_the_journal_lacks(tmp_path, tiny_model):
     upload, storage = tmp_path / "chat.jsonl", tmp_path / "data"
     total = 2000
-    upload.write_text(
-        "\n".join(
-            request_line(f"c{i}", chat_body(f"kill {i}", max_tokens=64, ignore_eos=True))
-            for i in range(total)
-        )
-        + "\n"
-    )
+    upload.write_text(chat_requests("c", total, max_tokens=64))
     kill_at = random.Random(os.getpid()).randint(100, 1200)
     run = _cli(upload, storage, tiny_model)
     _kill_when(run, lambda: _journal_lines(storage) >= kill_at, f"{kill_at} journaled answers")
@@ -106,7 +108,7 @@ def test_kill_mid_inference_recomputes_only_what_the_journal_lacks(tmp_path, tin
     survived = _journal_lines(storage)
     assert survived >= kill_at  # nothing journaled before the kill was lost
 
-    work = _finish_and_check(upload, storage, tiny_model, {f"c{i}" for i in range(total)})
+    work = _finish_and_check(upload, storage, tiny_model, set(request_ids("c", total)))
     segments = sorted((work / "journal").glob("*.tsv"))
     assert len(segments) == 2
     per_attempt = [
