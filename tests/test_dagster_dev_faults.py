@@ -119,7 +119,9 @@ def test_a_terminated_run_and_a_cancel_request_cancel_their_batches(tiny_model, 
     dev = _dev(tmp_path / "home", storage)
     try:
         # A long batch runs; a short one uploaded after it waits (one engine run at a time).
-        ids = {"long": _upload(storage, "long", 20_000)}
+        # 128-token answers: minutes of decoding, so the long run is still going after the
+        # sensor ticks below (with 16 it finished first on a fast CI machine).
+        ids = {"long": _upload(storage, "long", 20_000, max_tokens=128)}
         _wait(lambda: _journaled(root) >= 200, dev, "200 journaled answers")
         ids["short"] = _upload(storage, "short", 50)
         _wait(lambda: len(dev.runs()) == 2, dev, "the short batch's run")

@@ -23,12 +23,14 @@ def _inference_metadata(instance: dg.DagsterInstance) -> dict:
 
 def test_the_slot_end_keeps_what_finished_and_the_next_slot_finishes(tmp_path, engine):
     # A small window: at the slot's end only these few queued requests still finish.
+    # 48-token answers: a 2 s slot holds about an eighth of the batch here, so a faster
+    # machine still cannot finish it all inside the slot.
     engine = VLLMEngine(**{**engine.model_dump(), "max_pending_requests": 32})
     engine.load()  # loaded before the slot starts, as a warm worker would be
     upload = tmp_path / "night.jsonl"
     upload.write_text(
         "\n".join(
-            request_line(f"n{i}", chat_body(f"night {i}", max_tokens=16, ignore_eos=True))
+            request_line(f"n{i}", chat_body(f"night {i}", max_tokens=48, ignore_eos=True))
             for i in range(3000)
         )
         + "\n"
