@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import IO
 from resources.storage import ObjectInfo, UnsafeKeyError
 
 TEMPORARY_FOLDER = ".tmp"
+# A spool file untouched this long belongs to a writer that was killed (kill -9 skips the
+# cleanup); every live writer touches its file far more often than this.
+STALE_SPOOL_AGE_S = 24 * 3600
 
 
 class LocalBackend:
@@ -19,6 +23,7 @@ class LocalBackend:
     def __init__(self, root: str):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
+        self._spool: Path | None = None
 
     def local_path(self, key: str) -> Path:
         path = self.root.joinpath(*key.split("/"))
@@ -61,9 +66,7 @@ class LocalBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Spool beside the tree (same filesystem, so the rename is atomic), not beside the
         # target: a folder watcher never sees a half-written file, even after a kill -9.
-        spool = self.root / TEMPORARY_FOLDER
-        spool.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=spool, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self._spool_folder(), prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as stream:
                 yield stream
@@ -73,6 +76,21 @@ class LocalBackend:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def _spool_folder(self) -> Path:
+        """The spool folder, swept of files that killed writers left, once per backend."""
+        if self._spool is None:
+            spool = self.root / TEMPORARY_FOLDER
+            spool.mkdir(exist_ok=True)
+            cutoff = time.time() - STALE_SPOOL_AGE_S
+            for leftover in spool.iterdir():
+                try:
+                    if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                        leftover.unlink()
+                except OSError:
+                    continue  # gone already, or another sweeper got it first
+            self._spool = spool
+        return self._spool
 
     def put_file(self, local_path: Path, key: str) -> None:
         with local_path.open("rb") as src, self.open_write(key) as dst:

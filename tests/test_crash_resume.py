@@ -130,4 +130,10 @@ def test_kill_while_publishing_leaves_no_half_written_file(tmp_path, tiny_model)
     )
     assert not any(storage.glob("outbox/*/errors.jsonl"))
     assert not any(storage.glob("outbox/*/output.jsonl"))
+    leftovers = list(storage.glob(".tmp/*"))  # the killed writer's spool files stay ...
+    assert leftovers
+    day_old = time.time() - 25 * 3600
+    for leftover in leftovers:
+        os.utime(leftover, (day_old, day_old))
     _finish_and_check(upload, storage, tiny_model, ids)
+    assert not any(storage.glob(".tmp/*"))  # ... until a later run sweeps them once they are stale
