@@ -1,5 +1,6 @@
 """Start, stop and query `dagster dev` (webserver + daemon) for end-to-end tests."""
 
+import http.client
 import os
 import shutil
 import signal
@@ -52,7 +53,7 @@ class DagsterDev:
             try:
                 with urllib.request.urlopen(f"{self.url}/server_info", timeout=2):
                     return
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 time.sleep(1)
         raise TimeoutError(self.tail())
 

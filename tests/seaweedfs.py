@@ -25,9 +25,14 @@ def _is_free(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A free port whose gRPC twin (port + 10000, SeaweedFS's rule) is free too."""
+    """A free port whose gRPC twin (port + 10000, SeaweedFS's rule) is free too.
+
+    Both lie below the kernel's ephemeral range (32768 up by default): a client polling a
+    port in that range before the server binds it can be given that very port as its own
+    source port and connect to itself, reading back its own request.
+    """
     for _ in range(200):
-        port = random.randint(20000, 40000)
+        port = random.randint(12000, 22000)
         if _is_free(port) and _is_free(port + 10000):
             return port
     raise RuntimeError("no free port pair")
