@@ -23,7 +23,7 @@ class LocalBackend:
     def __init__(self, root: str):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
-        self._spool: Path | None = None
+        self._swept = False  # the spool folder, of files that killed writers left
 
     def local_path(self, key: str) -> Path:
         path = self.root.joinpath(*key.split("/"))
@@ -78,10 +78,10 @@ class LocalBackend:
             raise
 
     def _spool_folder(self) -> Path:
-        """The spool folder, swept of files that killed writers left, once per backend."""
-        if self._spool is None:
-            spool = self.root / TEMPORARY_FOLDER
-            spool.mkdir(exist_ok=True)
+        """The spool folder; the first call also sweeps out what killed writers left."""
+        spool = self.root / TEMPORARY_FOLDER
+        spool.mkdir(exist_ok=True)
+        if not self._swept:
             cutoff = time.time() - STALE_SPOOL_AGE_S
             for leftover in spool.iterdir():
                 try:
@@ -89,8 +89,8 @@ class LocalBackend:
                         leftover.unlink()
                 except OSError:
                     continue  # gone already, or another sweeper got it first
-            self._spool = spool
-        return self._spool
+            self._swept = True
+        return spool
 
     def put_file(self, local_path: Path, key: str) -> None:
         with local_path.open("rb") as src, self.open_write(key) as dst:
