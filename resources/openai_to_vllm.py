@@ -111,7 +111,7 @@ class RequestBuilder:
             EMBEDDINGS_URL: EmbeddingCompletionRequest,
         }
         self._validated: dict[str, Any] = {}  # settings -> a validated request
-        self._params: dict[tuple[int, int], Any] = {}  # (request, max_tokens) -> params
+        self._params: dict[tuple[str, int], Any] = {}  # (settings, max_tokens) -> params
 
     def _request(self, endpoint: str, body: dict[str, Any]) -> tuple[Any, str]:
         """vLLM's request model for ``body`` (validated once per settings), and the settings."""
