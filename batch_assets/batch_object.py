@@ -1,61 +1,28 @@
-"""``batch.json``: the OpenAI Batch object of one batch, and where a batch's files live."""
+"""``batch.json``: the OpenAI Batch object of one batch, and the batch's source reference."""
 
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage, ObjectInfo
 
 COMPLETION_WINDOW_S = 24 * 3600
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 
 
-@dataclass(frozen=True)
-class BatchPaths:
-    """Storage keys of one batch (see the storage layout in the README)."""
+class SourceRef(msgspec.Struct, frozen=True):
+    """The inbox object a batch was made from (``work/<batch_id>/source.json``)."""
 
-    batch_id: str
+    key: str
+    version: str  # the object's content identity (ObjectInfo.version) when it was registered
+    size: int
 
-    @property
-    def outbox(self) -> str:
-        return f"outbox/{self.batch_id}"
 
-    @property
-    def output(self) -> str:
-        return f"{self.outbox}/output.jsonl"
-
-    @property
-    def errors(self) -> str:
-        return f"{self.outbox}/errors.jsonl"
-
-    @property
-    def batch_json(self) -> str:
-        return f"{self.outbox}/batch.json"
-
-    @property
-    def work(self) -> str:
-        return f"work/{self.batch_id}"
-
-    @property
-    def source(self) -> str:
-        return f"{self.work}/source.json"
-
-    @property
-    def manifest(self) -> str:
-        return f"{self.work}/manifest.json"
-
-    @property
-    def shards(self) -> str:
-        return f"{self.work}/requests"
-
-    @property
-    def line_errors(self) -> str:
-        return f"{self.work}/line_errors"
-
-    @property
-    def journal(self) -> str:
-        return f"{self.work}/journal"
+def read_source(storage: BatchStorage, paths: BatchPaths) -> SourceRef:
+    return msgspec.json.decode(storage.read_bytes(paths.source), type=SourceRef)
 
 
 def batch_id_for(info: ObjectInfo) -> str:
@@ -134,10 +101,8 @@ def register_batch(storage: BatchStorage, input_key: str, info: ObjectInfo | Non
     batch_id = batch_id_for(info)
     paths = BatchPaths(batch_id)
     if not storage.exists(paths.source):
-        storage.write_json(
-            paths.source,
-            {"key": info.key, "version": info.version, "size": info.size},
-        )
+        source = SourceRef(key=info.key, version=info.version, size=info.size)
+        storage.write_bytes(paths.source, msgspec.json.encode(source))
     if not storage.exists(paths.batch_json):
         storage.write_json(
             paths.batch_json, new_batch_object(batch_id, input_key, int(time.time()))

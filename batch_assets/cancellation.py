@@ -1,26 +1,22 @@
-"""Cancelling a batch: a cancel request is an object at ``cancel/<batch_id>`` in the storage.
+"""Cancelling a batch: a cancel request is an object at the batch's cancel key in the storage.
 
 Anyone who can write to the storage can cancel, without the Dagster UI: put any object at
-``<root>/cancel/<batch_id>`` (``batch-infer cancel BATCH_ID`` does it), or terminate the
-batch's run in the Dagster UI or through its GraphQL API (a run-status sensor then writes
-the request). The batch goes to ``cancelling``; a running inference loop sees the request
-within seconds, aborts the requests in the engine and stops; the result asset then
-publishes the finished lines in output.jsonl and every other request in errors.jsonl as
-``batch_cancelled``, and the batch ends ``cancelled``.
+``<root>/cancel/<batch_id>`` (``BatchPaths.cancel``; ``batch-infer cancel BATCH_ID`` does it),
+or terminate the batch's run in the Dagster UI or through its GraphQL API (a run-status
+sensor then writes the request). The batch goes to ``cancelling``; a running inference loop
+sees the request within seconds, aborts the requests in the engine and stops; the result
+asset then publishes the finished lines in output.jsonl and every other request in
+errors.jsonl as ``batch_cancelled``, and the batch ends ``cancelled``.
 """
 
-from batch_assets.batch_object import TERMINAL_STATUSES, BatchPaths, read_batch, update_batch
+from batch_assets.batch_object import TERMINAL_STATUSES, read_batch, update_batch
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
-CANCEL_PREFIX = "cancel"
 CANCELLED = (
     "batch_cancelled",
     "This request was not executed because the batch was cancelled.",
 )
-
-
-def cancel_key(batch_id: str) -> str:
-    return f"{CANCEL_PREFIX}/{batch_id}"
 
 
 def cancel_requested(storage: BatchStorage, batch_id: str, status: str | None = None) -> bool:
@@ -28,7 +24,7 @@ def cancel_requested(storage: BatchStorage, batch_id: str, status: str | None = 
 
     ``status`` is batch.json's status, when the caller has read it.
     """
-    return status in ("cancelling", "cancelled") or storage.exists(cancel_key(batch_id))
+    return status in ("cancelling", "cancelled") or storage.exists(BatchPaths(batch_id).cancel)
 
 
 def request_cancel(storage: BatchStorage, batch_id: str) -> str:
@@ -42,7 +38,7 @@ def request_cancel(storage: BatchStorage, batch_id: str) -> str:
     if status in TERMINAL_STATUSES:
         return status
     if not cancel_requested(storage, batch_id):
-        storage.write_bytes(cancel_key(batch_id), b"")
+        storage.write_bytes(BatchPaths(batch_id).cancel, b"")
     return mark_cancelling(storage, batch_id)
 
 

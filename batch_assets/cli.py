@@ -1,45 +1,79 @@
-"""``batch-infer``: put one file through the batch assets in-process, like the sensor would.
+"""``batch-infer``: run OpenAI-Batch files through the batch assets in-process, and look at batches.
 
-    batch-infer run FILE.jsonl [--storage DIR] [--model PATH] [--project NAME]
-    batch-infer cancel BATCH_ID [--storage DIR] [--project NAME]
+    batch-infer run FILE.jsonl [--storage ROOT] [--project NAME] [--model PATH] [engine flags]
+    batch-infer status BATCH_ID [--storage ROOT] [--project NAME] [--json]
+    batch-infer list [--storage ROOT] [--project NAME] [--limit N] [--json]
+    batch-infer cancel BATCH_ID [--storage ROOT] [--project NAME] [--wait SECONDS]
 
-``run`` prints the batch id and the result paths; it exits 0 when the batch completed
-(per-line errors included), 1 with the reason otherwise. Run again on the same file, it
-resumes the same batch and does not recompute a finished one. ``cancel`` asks a batch to stop
-(a run in progress anywhere stops within seconds and keeps its finished lines); if no run
-finishes the cancellation within ``--wait`` seconds, it publishes the results itself.
+``run`` puts the file through the very assets the sensors run (a local Dagster instance),
+with a progress bar, then prints the batch id, counts, usage and the three result paths.
+Dagster's and vLLM's logs go to a log file in the batch's work area (``--verbose`` shows
+them here too). Run again on the same file, it resumes the same batch; a finished batch is
+not computed again. ``cancel`` asks a batch to stop (a run in progress anywhere stops within
+seconds and keeps its finished lines); if no run finishes the cancellation within
+``--wait`` seconds, it publishes the results itself.
 """
 
 import argparse
 import json
-import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import dagster as dg
+from typing import TYPE_CHECKING, Any
 
 from batch_assets.batch_object import (
     TERMINAL_STATUSES,
-    BatchPaths,
     read_batch,
     register_batch,
     root_cause_message,
 )
 from batch_assets.cancellation import request_cancel
-from batch_assets.definitions import DEFAULT_MODEL, DEFAULT_STORAGE
-from batch_assets.jobs import batch_assets, batch_job, cancel_job
-from batch_assets.partitions import batch_partitions, partition_key
+from batch_assets.cli_display import (
+    ProgressDisplay,
+    error_lines,
+    logs_to_file,
+    summary_lines,
+    table,
+    timestamp_lines,
+)
+from batch_assets.engine_flags import add_engine_arguments, engine_from_args
+from batch_assets.partitions import partition_key
+from batch_assets.progress import watching
+from resources.layout import (
+    CLI_DAGSTER_HOME,
+    INBOX,
+    INPUT_TAG,
+    OUTBOX,
+    BatchPaths,
+    batch_json_owner,
+    inbox_key,
+)
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 
+if TYPE_CHECKING:
+    import dagster as dg
 
-def _instance(storage: BatchStorage) -> dg.DagsterInstance:
+EXIT_CODES = """exit codes:
+  0    run: the batch completed (lines with errors included); cancel: the batch is
+       cancelled; status, list: the batch or the storage was read
+  1    the batch ended failed, expired or cancelled (run), or had already ended
+       otherwise (cancel); the reason is printed on standard error
+  2    a usage error: a bad flag, no such file, no such batch
+  130  interrupted (Ctrl-C): finished answers stay journaled; run again to resume
+"""
+
+
+def _instance(storage: BatchStorage) -> "dg.DagsterInstance":
     """The instance named by DAGSTER_HOME, else a persistent one beside the batches."""
+    import os
+
+    import dagster as dg
+
     if os.environ.get("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
-    home = Path(storage.uri) / ".dagster" if storage.is_local else Path(".dagster_home")
+    home = Path(storage.uri) / CLI_DAGSTER_HOME if storage.is_local else Path(".dagster_home")
     home.mkdir(parents=True, exist_ok=True)
     return dg.DagsterInstance.local_temp(tempdir=str(home))
 
@@ -49,9 +83,9 @@ def _inbox_key(storage: BatchStorage, file: Path) -> str:
     file = file.resolve()
     if storage.is_local:
         root = Path(storage.uri)
-        if file.is_relative_to(root / "inbox"):
+        if file.is_relative_to(root / INBOX):
             return file.relative_to(root).as_posix()
-    key = f"inbox/{file.name}"
+    key = inbox_key(file.name)
     if not storage.matches_file(file, key):
         storage.put_file(file, key)
     return key
@@ -62,10 +96,15 @@ def _materialize(
     storage: BatchStorage,
     engine: VLLMEngine,
     key: str,
-    instance: dg.DagsterInstance,
+    instance: "dg.DagsterInstance",
     run_config: dict | None,
     tags: dict[str, str],
-) -> dg.ExecuteInProcessResult:
+) -> "dg.ExecuteInProcessResult":
+    import dagster as dg
+
+    from batch_assets.jobs import batch_assets
+    from batch_assets.partitions import batch_partitions
+
     instance.add_dynamic_partitions(batch_partitions.name, [key])
     return dg.materialize(
         batch_assets,
@@ -80,7 +119,7 @@ def _materialize(
 
 
 def _after(
-    storage: BatchStorage, batch_id: str, before: dict, result: dg.ExecuteInProcessResult
+    storage: BatchStorage, batch_id: str, before: dict, result: "dg.ExecuteInProcessResult"
 ) -> dict:
     """batch.json as the user should see it after ``result``."""
     try:
@@ -92,24 +131,33 @@ def _after(
     if result.success or batch["status"] == "failed":
         return batch
     failure = next((e for e in result.all_events if e.is_step_failure), None)
-    reason = root_cause_message(failure.step_failure_data.error) if failure else "run failed"
+    data = failure.step_failure_data if failure else None
+    reason = root_cause_message(data.error) if data and data.error else "run failed"
     error = {"code": "run_failed", "message": reason, "line": None, "param": None}
     return dict(batch, status="failed", errors={"object": "list", "data": [error]})
 
 
-def run_file(
-    file: Path,
+def register_file(file: Path, storage: BatchStorage, project: str | None = None) -> tuple[str, str]:
+    """Put ``file`` in the inbox (of ``project``) and register its batch: (inbox key, batch id)."""
+    tenant = storage.for_project(project)
+    key = _inbox_key(tenant, file)
+    return key, register_batch(tenant, key)
+
+
+def run_batch(
+    key: str,
+    batch_id: str,
     storage: BatchStorage,
     engine: VLLMEngine,
-    instance: dg.DagsterInstance | None = None,
+    instance: "dg.DagsterInstance | None" = None,
     run_config: dict | None = None,
     tags: dict[str, str] | None = None,
     project: str | None = None,
 ) -> dict:
-    """Run ``file`` as a batch (of ``project``, if the storage has projects); its batch.json."""
+    """Run a registered batch to its end, unless it ended already; its batch.json."""
+    from batch_assets.jobs import batch_job
+
     tenant = storage.for_project(project)
-    key = _inbox_key(tenant, file)
-    batch_id = register_batch(tenant, key)
     before = read_batch(tenant, batch_id)
     if before["status"] in TERMINAL_STATUSES:
         return before
@@ -120,16 +168,30 @@ def run_file(
         partition_key(project, batch_id),
         instance or _instance(tenant),
         run_config,
-        {"batch/input": key, **(tags or {})},
+        {INPUT_TAG: key, **(tags or {})},
     )
     return _after(tenant, batch_id, before, result)
+
+
+def run_file(
+    file: Path,
+    storage: BatchStorage,
+    engine: VLLMEngine,
+    instance: "dg.DagsterInstance | None" = None,
+    run_config: dict | None = None,
+    tags: dict[str, str] | None = None,
+    project: str | None = None,
+) -> dict:
+    """Run ``file`` as a batch (of ``project``, if the storage has projects); its batch.json."""
+    key, batch_id = register_file(file, storage, project)
+    return run_batch(key, batch_id, storage, engine, instance, run_config, tags, project)
 
 
 def cancel_batch(
     batch_id: str,
     storage: BatchStorage,
     engine: VLLMEngine,
-    instance: dg.DagsterInstance | None = None,
+    instance: "dg.DagsterInstance | None" = None,
     project: str | None = None,
     wait_s: float = 30.0,
 ) -> dict:
@@ -138,6 +200,8 @@ def cancel_batch(
     ``engine`` only names the served model (for validating a batch never validated); the
     cancel job loads no engine.
     """
+    from batch_assets.jobs import cancel_job
+
     tenant = storage.for_project(project)
     request_cancel(tenant, batch_id)
     deadline = time.monotonic() + wait_s
@@ -152,118 +216,226 @@ def cancel_batch(
     return read_batch(tenant, batch_id)
 
 
-def _print_result(storage: BatchStorage, batch: dict) -> int:
-    paths = BatchPaths(batch["id"])
-    print(f"batch_id: {batch['id']}")
-    print(f"status: {batch['status']}")
-    print(f"request_counts: {json.dumps(batch['request_counts'])}")
-    for name, key in (
-        ("output", paths.output),
-        ("errors", paths.errors),
-        ("batch", paths.batch_json),
-    ):
-        print(f"{name}: {storage.url(key)}")
-    if batch["status"] == "completed":
+def _result_urls(storage: BatchStorage, batch_id: str) -> dict[str, str]:
+    paths = BatchPaths(batch_id)
+    keys = {"output": paths.output, "errors": paths.errors, "batch": paths.batch_json}
+    return {name: storage.url(key) for name, key in keys.items()}
+
+
+def _print_summary(
+    storage: BatchStorage, batch: dict, elapsed_s: float | None = None, log: str | None = None
+) -> None:
+    urls = _result_urls(storage, batch["id"]) | ({"log": log} if log else {})
+    print("\n".join(summary_lines(batch, urls, elapsed_s)))
+    for line in error_lines(batch):
+        print(line, file=sys.stderr)
+
+
+def _log_file(storage: BatchStorage, batch_id: str) -> Path:
+    """Where this run's logs go: the batch's work area in a folder, a temporary file for S3."""
+    name = f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    local = storage.local_path(f"{BatchPaths(batch_id).logs}/{name}")
+    return local or Path(tempfile.gettempdir()) / "batch-infer" / batch_id / name
+
+
+def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
+    if not args.file.is_file():
+        raise _UsageError(f"no such file: {args.file}")
+    engine = engine_from_args(args)
+    tenant = storage.for_project(args.project)
+    started = time.monotonic()
+    key, batch_id = register_file(args.file, storage, args.project)
+    log: Path | None = None
+    if read_batch(tenant, batch_id)["status"] in TERMINAL_STATUSES:
+        print(f"{key}: batch {batch_id} had finished already", file=sys.stderr)
+        batch = read_batch(tenant, batch_id)
+    elif args.verbose:
+        display = ProgressDisplay(sys.stderr, batch_id)
+        with watching(display.update):
+            batch = run_batch(key, batch_id, storage, engine, project=args.project)
+        display.close()
+    else:
+        log = _log_file(tenant, batch_id)
+        print(f"{key}: batch {batch_id}; logs in {log}", file=sys.stderr)
+        with logs_to_file(log) as terminal:
+            display = ProgressDisplay(terminal, batch_id)
+            with watching(display.update):
+                batch = run_batch(key, batch_id, storage, engine, project=args.project)
+            display.close()
+    _print_summary(tenant, batch, time.monotonic() - started, str(log) if log else None)
+    return 0 if batch["status"] == "completed" else 1
+
+
+def _find_batch(storage: BatchStorage, batch_id: str) -> tuple[str | None, BatchStorage]:
+    """The project holding ``batch_id``, and its storage."""
+    for project, tenant in storage.tenants():
+        if tenant.exists(BatchPaths(batch_id).batch_json):
+            return project, tenant
+    raise _UsageError(f"no batch {batch_id} in {storage.uri}")
+
+
+def _command_status(args: argparse.Namespace, storage: BatchStorage) -> int:
+    _, tenant = _find_batch(storage, args.batch_id)
+    batch = read_batch(tenant, args.batch_id)
+    if args.json:
+        print(json.dumps(batch, indent=2))
         return 0
-    for error in (batch.get("errors") or {}).get("data", []):
-        where = f" (line {error['line']})" if error.get("line") else ""
-        print(f"error: {error['code']}: {error['message']}{where}", file=sys.stderr)
-    return 1
+    _print_summary(tenant, batch)
+    meta = batch.get("metadata") or {}
+    print(f"input: {meta.get('input')}")
+    print(f"endpoint: {batch.get('endpoint') or '-'}")
+    print(f"model: {batch.get('model') or '-'}")
+    print("\n".join(timestamp_lines(batch)))
+    return 0
+
+
+def list_batches(storage: BatchStorage) -> list[tuple[str | None, dict[str, Any]]]:
+    """``(project, batch.json)`` of every batch in the storage, newest first."""
+    found = []
+    for project, tenant in storage.tenants():
+        for info in tenant.list(OUTBOX):
+            if batch_id := batch_json_owner(info.key):
+                found.append((project, read_batch(tenant, batch_id)))
+    found.sort(key=lambda item: (item[1].get("created_at") or 0, item[1]["id"]), reverse=True)
+    return found
+
+
+def _command_list(args: argparse.Namespace, storage: BatchStorage) -> int:
+    batches = list_batches(storage)
+    shown = batches[: args.limit] if args.limit else batches
+    if args.json:
+        data = [{**batch, "project": project} for project, batch in shown]
+        print(json.dumps({"object": "list", "data": data, "has_more": len(shown) < len(batches)}))
+        return 0
+    header = ["BATCH ID", "STATUS", "TOTAL", "DONE", "FAILED", "CREATED", "INPUT"]
+    rows = []
+    for project, batch in shown:
+        counts = batch.get("request_counts") or {}
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(batch.get("created_at") or 0))
+        row = [
+            batch["id"],
+            batch["status"],
+            str(counts.get("total", 0)),
+            str(counts.get("completed", 0)),
+            str(counts.get("failed", 0)),
+            created,
+            (batch.get("metadata") or {}).get("input", ""),
+        ]
+        rows.append(([project or "-"] if storage.projects else []) + row)
+    if storage.projects:
+        header = ["PROJECT", *header]
+    if not rows:
+        print(f"no batches in {storage.uri}")
+        return 0
+    print("\n".join(table(rows, header)))
+    if len(shown) < len(batches):
+        print(f"... {len(batches) - len(shown)} older batches (--limit 0 shows all)")
+    return 0
+
+
+def _command_cancel(args: argparse.Namespace, storage: BatchStorage) -> int:
+    project, tenant = _find_batch(storage, args.batch_id)
+    # The cancel job loads no engine. The served model's names matter only for validating a
+    # batch that was never validated: they come from the environment, as in the code location.
+    engine = VLLMEngine.from_env()
+    batch = cancel_batch(args.batch_id, storage, engine, project=project, wait_s=args.wait)
+    _print_summary(tenant, batch)
+    return 0 if batch["status"] == "cancelled" else 1
+
+
+class _UsageError(Exception):
+    """A usage error the parser reports (exit code 2)."""
 
 
 def _storage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
-        default=os.environ.get("BATCH_STORAGE", DEFAULT_STORAGE),
-        help="storage root: a folder or s3://bucket/prefix (BATCH_STORAGE; default ./data)",
+        default=None,
+        help="storage root: a folder or s3://bucket/prefix (env BATCH_STORAGE; default ./data)",
     )
     parser.add_argument(
         "--project",
         default=None,
-        help="the project (tenant) whose inbox and outbox to use, under <storage>/<project>",
+        help="the project (tenant) whose batches to use, under <storage>/<project> "
+        "(default: every project of env BATCH_PROJECTS, or the root)",
     )
 
 
-def _engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=os.environ.get("BATCH_MODEL", DEFAULT_MODEL),
-        help="model folder or name (BATCH_MODEL)",
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="batch-infer",
+        description=(__doc__ or "").split("\n")[0],
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
     )
-    parser.add_argument(
-        "--served-model-name",
-        default=os.environ.get("BATCH_SERVED_MODEL_NAME"),
-        help="name body.model must use (BATCH_SERVED_MODEL_NAME; default: the --model value)",
-    )
-    for name, kind in ENGINE_FLAGS.items():
-        flag = f"--{name.replace('_', '-')}"
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            parser.add_argument(flag, type=kind, default=None)
-
-
-# Engine settings a one-shot run can set (fields of resources.vllm_engine.VLLMEngine).
-ENGINE_FLAGS: dict[str, type] = {
-    "max_model_len": int,
-    "max_num_seqs": int,
-    "max_num_batched_tokens": int,
-    "gpu_memory_utilization": float,
-    "tensor_parallel_size": int,
-    "kv_cache_memory_bytes": int,
-    "dtype": str,
-    "seed": int,
-    "load_format": str,
-    "enable_prefix_caching": bool,
-    "enforce_eager": bool,
-    "engine_in_process": bool,
-}
-
-
-def _engine(args: argparse.Namespace) -> VLLMEngine:
-    settings = {name: getattr(args, name) for name in ENGINE_FLAGS}
-    return VLLMEngine(
-        model=args.model,
-        served_model_name=args.served_model_name,
-        **{name: value for name, value in settings.items() if value is not None},
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batch-infer", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run one OpenAI-Batch JSONL file")
-    run.add_argument("file", type=Path)
+    run = commands.add_parser(
+        "run", help="run one OpenAI-Batch JSONL file", epilog=EXIT_CODES, formatter_class=formatter
+    )
+    run.add_argument("file", type=Path, help="the .jsonl (or .jsonl.gz) file of requests")
     _storage_arguments(run)
-    _engine_arguments(run)
-    cancel = commands.add_parser("cancel", help="cancel a batch, keeping its finished lines")
+    run.add_argument(
+        "--verbose", action="store_true", help="show Dagster's and vLLM's logs here too"
+    )
+    add_engine_arguments(run)
+    status = commands.add_parser(
+        "status",
+        help="one batch: status, counts, usage, times, paths",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    status.add_argument("batch_id")
+    _storage_arguments(status)
+    status.add_argument("--json", action="store_true", help="print batch.json as it is")
+    listing = commands.add_parser(
+        "list",
+        help="the batches in the storage, newest first",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    _storage_arguments(listing)
+    listing.add_argument("--limit", type=int, default=50, help="most batches shown; 0: all")
+    listing.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a batch, keeping its finished lines",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
     cancel.add_argument("batch_id")
     _storage_arguments(cancel)
-    _engine_arguments(cancel)
     cancel.add_argument(
         "--wait",
         type=float,
         default=30.0,
         help="seconds to let a running batch stop by itself before publishing here",
     )
+    return parser
+
+
+COMMANDS = {
+    "run": _command_run,
+    "status": _command_status,
+    "list": _command_list,
+    "cancel": _command_cancel,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    projects = [args.project] if args.project else []
-    storage = BatchStorage(root=args.storage, projects=projects)
-    tenant = storage.for_project(args.project)
-    engine = _engine(args)
-    if args.command == "cancel":
-        try:
-            batch = cancel_batch(
-                args.batch_id, storage, engine, project=args.project, wait_s=args.wait
-            )
-        except KeyError as missing:
-            parser.error(str(missing.args[0]))
-        _print_result(tenant, batch)
-        return 0 if batch["status"] == "cancelled" else 1
-    if not args.file.is_file():
-        parser.error(f"no such file: {args.file}")
-    batch = run_file(args.file, storage, engine, project=args.project)
-    return _print_result(tenant, batch)
+    fields: dict[str, Any] = {"root": args.storage} if args.storage else {}
+    if args.project or args.command == "run":  # a run goes to one project, or to the root
+        fields["projects"] = [args.project] if args.project else []
+    storage = BatchStorage.from_env(**fields)
+    try:
+        return COMMANDS[args.command](args, storage)
+    except _UsageError as error:
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        print("interrupted: finished answers are journaled; run again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

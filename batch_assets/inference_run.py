@@ -7,39 +7,43 @@ materializes, and ``batch_results`` reports the unfinished lines as ``batch_expi
 """
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
-from batch_assets.batch_object import BatchPaths, read_batch, update_batch
+from batch_assets.batch_object import read_batch, update_batch
 from batch_assets.cancellation import cancel_requested, mark_cancelling
 from batch_assets.inference_loop import InferenceLoop, LoopStats
 from batch_assets.input_file import batch_input
 from batch_assets.journal import JournalWriter, journaled_lines
+from batch_assets.manifest import Manifest, manifest_or_fail
 from batch_assets.partitions import batch_partitions, open_batch
-from batch_assets.request_schema import EMBEDDINGS_URL
+from batch_assets.progress import Progress, report_progress
 from batch_assets.shards import read_shard
+from resources.endpoints import EMBEDDINGS_URL
+from resources.layout import SLOT_END_TAG, BatchPaths
 from resources.openai_to_vllm import RequestBuilder
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 from resources.vllm_to_openai import ResponseBuilder
 
-SLOT_END_TAG = "batch/slot_end"
+PROGRESS_INTERVAL_S = 0.5  # progress reports to this process's listeners (the CLI's bar)
+LOG_INTERVAL_S = 15.0  # progress lines in the run's event log
 
 
 def pending_requests(
-    storage: BatchStorage, manifest: dict[str, Any], done: np.ndarray
+    storage: BatchStorage, manifest: Manifest, done: np.ndarray
 ) -> Iterator[tuple[int, str]]:
     """``(line, body_json)`` of every valid request not yet journaled, in engine order.
 
     ``done`` holds the journaled line numbers, sorted.
     """
-    for shard in manifest["shards"]:
-        frame = read_shard(storage, shard["key"], ["line", "body"])
-        lo, hi = np.searchsorted(done, [shard["first_line"], shard["last_line"] + 1])
+    for shard in manifest.shards:
+        frame = read_shard(storage, shard.key, ["line", "body"])
+        lo, hi = np.searchsorted(done, [shard.first_line, shard.last_line + 1])
         if hi > lo:
             frame = frame.filter(~pl.col("line").is_in(done[lo:hi].tolist()))
         yield from frame.iter_rows()
@@ -50,20 +54,25 @@ def run_requests(
     storage: BatchStorage,
     engine: VLLMEngine,
     batch_id: str,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     pending: Iterable[tuple[int, str]],
     deadline: float | None = None,
+    done_before: int = 0,
+    total: int = 0,
 ) -> tuple[LoopStats, float]:
     """Run ``pending`` on the engine (loaded here), journaling; returns stats and load time.
 
     A cancel request (:mod:`batch_assets.cancellation`) stops the run within seconds.
+    ``done_before`` and ``total`` only frame the progress reports.
     """
     started = time.monotonic()
-    runner = "pooling" if manifest["endpoint"] == EMBEDDINGS_URL else "generate"
+    runner = "pooling" if manifest.endpoint == EMBEDDINGS_URL else "generate"
+    report_progress(Progress(batch_id, "loading", done_before, total))
     llm = engine.load(runner)
     load_s = time.monotonic() - started
     max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
     attempt = f"{int(time.time() * 1000)}-{context.run_id[:8]}"
+    reporter = _progress_reporter(context, batch_id, done_before, total)
     with JournalWriter(storage, BatchPaths(batch_id).journal, attempt) as journal:
         loop = InferenceLoop(
             llm=llm,
@@ -71,20 +80,15 @@ def run_requests(
             responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer()),
             journal=journal,
             batch_id=batch_id,
-            endpoint=manifest["endpoint"],
+            endpoint=manifest.endpoint,
             window=engine.max_pending_requests or 4 * max_num_seqs,
             deadline=deadline,
             cancel_check=lambda: cancel_requested(storage, batch_id),
-            on_progress=lambda s: context.log.info(
-                "batch %s: %d done in this run, %.1f req/s, %.0f output tok/s",
-                batch_id,
-                s.requests,
-                s.requests_per_s,
-                s.output_tokens_per_s,
-            ),
+            on_progress=reporter,
+            progress_interval_s=PROGRESS_INTERVAL_S,
         )
         try:
-            return loop.run(pending), load_s
+            stats = loop.run(pending)
         except Exception as error:
             if type(error).__name__ != "EngineDeadError":
                 raise
@@ -93,6 +97,39 @@ def run_requests(
                 f"batch {batch_id}: the vLLM engine died mid-batch (out of memory or a crash: "
                 f"{error}); the answers finished so far are journaled and a rerun resumes"
             ) from error
+    reporter(stats)
+    return stats, load_s
+
+
+def _progress_reporter(
+    context: dg.AssetExecutionContext, batch_id: str, done_before: int, total: int
+) -> Callable[[LoopStats], None]:
+    """Report every loop update; log one to the run's event log every LOG_INTERVAL_S."""
+    last_log = time.monotonic()
+
+    def report(stats: LoopStats) -> None:
+        nonlocal last_log
+        report_progress(
+            Progress(
+                batch_id,
+                "running",
+                done_before + stats.requests,
+                total,
+                stats.requests_per_s,
+                stats.output_tokens_per_s,
+            )
+        )
+        if time.monotonic() - last_log >= LOG_INTERVAL_S:
+            last_log = time.monotonic()
+            context.log.info(
+                "batch %s: %d done in this run, %.1f req/s, %.0f output tok/s",
+                batch_id,
+                stats.requests,
+                stats.requests_per_s,
+                stats.output_tokens_per_s,
+            )
+
+    return report
 
 
 def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple[float, str]:
@@ -115,9 +152,9 @@ def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple
 def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine):
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
-    manifest = storage.read_json(paths.manifest)
+    manifest = manifest_or_fail(storage, paths)
     done = journaled_lines(storage, paths.journal)
-    todo = manifest["requests"] - len(done)
+    todo = manifest.requests - len(done)
     batch = read_batch(storage, batch_id)
     cancelled = cancel_requested(storage, batch_id, batch["status"])
     if cancelled:
@@ -128,7 +165,7 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
     context.log.info(
         "batch %s: %d requests, %d already journaled, %d to run",
         batch_id,
-        manifest["requests"],
+        manifest.requests,
         len(done),
         todo,
     )
@@ -136,7 +173,15 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
     if todo > 0 and not cancelled and time.time() < deadline:
         pending = pending_requests(storage, manifest, done)
         stats, load_s = run_requests(
-            context, storage, engine, batch_id, manifest, pending, deadline
+            context,
+            storage,
+            engine,
+            batch_id,
+            manifest,
+            pending,
+            deadline,
+            len(done),
+            manifest.requests,
         )
     if stats.cancelled:
         mark_cancelling(storage, batch_id)
@@ -151,7 +196,7 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
         return  # not materialized: batch_results waits for the next slot
     yield dg.MaterializeResult(
         metadata={
-            "requests_total": manifest["requests"],
+            "requests_total": manifest.requests,
             "requests_done_before": len(done),
             "requests_done_this_run": stats.requests,
             "requests_left": remaining,

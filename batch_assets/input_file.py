@@ -3,15 +3,11 @@
 import dagster as dg
 from pydantic import Field
 
-from batch_assets.batch_object import BatchPaths, fail_batch, update_batch
+from batch_assets.batch_object import fail_batch, read_source, update_batch
+from batch_assets.manifest import Manifest, manifest_or_fail
 from batch_assets.partitions import batch_partitions, open_batch
-from batch_assets.validation import (
-    MANIFEST_FORMAT,
-    FileRejected,
-    Limits,
-    validate_input,
-    write_manifest,
-)
+from batch_assets.validation import FileRejected, Limits, save_manifest, validate_input
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 
@@ -44,24 +40,21 @@ def batch_input(
 ) -> dg.MaterializeResult:
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
-    source = storage.read_json(paths.source)
+    source = read_source(storage, paths)
     if storage.exists(paths.manifest):
-        manifest = storage.read_json(paths.manifest)
-        if manifest["source"] == source and manifest.get("format") == MANIFEST_FORMAT:
+        manifest = manifest_or_fail(storage, paths)
+        if manifest.source == source:
             context.log.info("batch %s already validated; reusing its shards", batch_id)
             return _result(manifest, storage, paths, reused=True)
-    if (
-        not storage.exists(source["key"])
-        or storage.stat(source["key"]).version != source["version"]
-    ):
+    if not storage.exists(source.key) or storage.stat(source.key).version != source.version:
         fail_batch(
             storage,
             batch_id,
             "input_changed",
-            f"{source['key']} was removed or replaced after this batch was created; "
+            f"{source.key} was removed or replaced after this batch was created; "
             "the new upload is a batch of its own",
         )
-        raise dg.Failure(f"input {source['key']} changed after batch {batch_id} was created")
+        raise dg.Failure(f"input {source.key} changed after batch {batch_id} was created")
     limits = Limits(
         config.max_line_bytes,
         config.max_lines,
@@ -70,16 +63,14 @@ def batch_input(
         config.order_by_prefix,
     )
     try:
-        report = validate_input(
-            storage, source["key"], paths, set(engine.served_model_names), limits
-        )
+        report = validate_input(storage, source.key, paths, set(engine.served_model_names), limits)
     except FileRejected as rejected:
         fail_batch(storage, batch_id, rejected.code, rejected.message, rejected.line)
         raise dg.Failure(
             description=f"batch {batch_id} failed validation: {rejected.message}",
-            metadata={"code": rejected.code, "input": source["key"]},
+            metadata={"code": rejected.code, "input": source.key},
         ) from rejected
-    manifest = write_manifest(storage, paths, source, report)
+    manifest = save_manifest(storage, paths, source, report)
     update_batch(
         storage,
         batch_id,
@@ -95,20 +86,20 @@ def batch_input(
 
 
 def _result(
-    manifest: dict, storage: BatchStorage, paths: BatchPaths, reused: bool
+    manifest: Manifest, storage: BatchStorage, paths: BatchPaths, reused: bool
 ) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
-            "input": manifest["source"]["key"],
-            "lines": manifest["lines"],
-            "valid": manifest["requests"],
-            "invalid": manifest["invalid"],
-            "blank_lines": manifest["blank_lines"],
-            "endpoint": manifest["endpoint"],
-            "models": dg.MetadataValue.json(manifest["models"]),
-            "error_codes": dg.MetadataValue.json(manifest["error_codes"]),
-            "est_prompt_tokens": manifest["est_prompt_tokens"],
-            "shards": len(manifest["shards"]),
+            "input": manifest.source.key,
+            "lines": manifest.lines,
+            "valid": manifest.requests,
+            "invalid": manifest.invalid,
+            "blank_lines": manifest.blank_lines,
+            "endpoint": manifest.endpoint,
+            "models": dg.MetadataValue.json(manifest.models),
+            "error_codes": dg.MetadataValue.json(manifest.error_codes),
+            "est_prompt_tokens": manifest.est_prompt_tokens,
+            "shards": len(manifest.shards),
             "work_area": dg.MetadataValue.path(storage.url(paths.work)),
             "reused": reused,
         }

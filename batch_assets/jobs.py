@@ -6,10 +6,10 @@ from batch_assets.inference_run import batch_inference
 from batch_assets.input_file import batch_input
 from batch_assets.preview import batch_preview
 from batch_assets.result_files import batch_results
+from resources.layout import GPU_TAGS
 
 batch_assets = [batch_input, batch_inference, batch_results, batch_preview]
-# Runs that load an engine: the shipped instance limits them to one per GPU by this tag.
-GPU_TAGS = {"batch/gpu": "engine"}
+# Runs that load an engine carry GPU_TAGS: the shipped instance limits them to one per GPU.
 batch_job = dg.define_asset_job(
     "batch_job",
     selection=dg.AssetSelection.assets(batch_input, batch_inference, batch_results),

@@ -21,6 +21,7 @@ from typing import IO
 
 import numpy as np
 
+from resources.layout import JOURNAL_SEGMENT_SUFFIX, journal_segment
 from resources.storage import BatchStorage
 
 # A lone surrogate cannot be UTF-8: it is written as its JSON escape, which keeps the body valid.
@@ -53,7 +54,7 @@ class JournalWriter:
         self.written = 0
         self._parts = 0
         self._pending = 0
-        local = storage.local_path(f"{prefix}/{attempt}.tsv")
+        local = storage.local_path(journal_segment(prefix, attempt))
         if local is not None:
             local.parent.mkdir(parents=True, exist_ok=True)
             self._file: IO[str] = local.open("a", encoding="utf-8", errors=_ERRORS)
@@ -81,7 +82,7 @@ class JournalWriter:
         elif self._pending:
             self._file.seek(0)
             data = self._file.read().encode("utf-8")
-            key = f"{self.prefix}/{self.attempt}-{self._parts:06d}.tsv"
+            key = journal_segment(self.prefix, self.attempt, self._parts)
             self.storage.write_bytes(key, data)
             self._parts += 1
             self._file.seek(0)
@@ -114,7 +115,7 @@ class JournalIndex:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._files: list[Path] = []
         for info in storage.list(prefix):
-            if info.key.endswith(".tsv"):
+            if info.key.endswith(JOURNAL_SEGMENT_SUFFIX):
                 self._files.append(self._local_copy(storage, info.key))
         lines, segments, offsets, lengths, tokens = [], [], [], [], []
         for segment, path in enumerate(self._files):

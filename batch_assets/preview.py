@@ -2,7 +2,7 @@
 
 So a bad prompt is caught before the night instead of after it. The answers are journaled
 like any other, so the overnight run does not compute them again, and land in
-``outbox/<batch_id>/preview.jsonl`` and in the asset's metadata.
+the batch's ``preview.jsonl`` in its outbox and in the asset's metadata.
 """
 
 import itertools
@@ -10,13 +10,14 @@ import json
 
 import dagster as dg
 
-from batch_assets.batch_object import BatchPaths
 from batch_assets.inference_run import run_requests
 from batch_assets.input_file import batch_input
 from batch_assets.journal import read_journal
+from batch_assets.manifest import manifest_or_fail
 from batch_assets.partitions import batch_partitions, open_batch
 from batch_assets.result_files import preview_table, success_line
 from batch_assets.shards import iter_requests
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 
@@ -36,22 +37,22 @@ def batch_preview(
 ) -> dg.MaterializeResult:
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
-    manifest = storage.read_json(paths.manifest)
+    manifest = manifest_or_fail(storage, paths)
     columns = ["line", "custom_id", "body"]
     first = list(
-        itertools.islice(iter_requests(storage, manifest, columns, True), PREVIEW_REQUESTS)
+        itertools.islice(iter_requests(storage, manifest.shards, columns, True), PREVIEW_REQUESTS)
     )
     done = read_journal(storage, paths.journal)
     todo = [(line, body) for line, _, body in first if line not in done]
     if todo:
-        run_requests(context, storage, engine, batch_id, manifest, todo)
+        run_requests(context, storage, engine, batch_id, manifest, todo, total=len(todo))
         done = read_journal(storage, paths.journal)
     text = "".join(  # all of them, unless a cancel request stopped the preview
         success_line(paths.batch_id, line, custom_id, done[line])
         for line, custom_id, _ in first
         if line in done
     )
-    key = f"{paths.outbox}/preview.jsonl"
+    key = paths.preview
     storage.write_bytes(key, text.encode())
     rows = [json.loads(raw) for raw in text.splitlines()]
     return dg.MaterializeResult(

@@ -11,10 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-CHAT_URL = "/v1/chat/completions"
-COMPLETIONS_URL = "/v1/completions"
-EMBEDDINGS_URL = "/v1/embeddings"
-SUPPORTED_URLS = (CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL)
+from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
 
 
 class RequestLine(msgspec.Struct, gc=False):

@@ -8,13 +8,16 @@ from typing import Any
 
 import dagster as dg
 
-from batch_assets.batch_object import BatchPaths, read_batch, update_batch
+from batch_assets.batch_object import read_batch, update_batch
 from batch_assets.cancellation import CANCELLED, cancel_requested, mark_cancelling
 from batch_assets.inference_loop import dumps, response_id
 from batch_assets.inference_run import batch_inference
 from batch_assets.journal import JournalIndex, JournalRecord
+from batch_assets.manifest import Manifest, manifest_or_fail
 from batch_assets.partitions import batch_partitions, open_batch
+from batch_assets.progress import Progress, report_progress
 from batch_assets.shards import iter_line_errors, read_shard
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
 ACCOUNTED = "every_line_accounted_for"
@@ -52,7 +55,7 @@ EXPIRED_MESSAGE = "This request could not be executed before the completion wind
 def _answers(
     storage: BatchStorage,
     paths: BatchPaths,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     journal: JournalIndex,
     unfinished: tuple[str, str],
 ) -> Iterator[tuple[bool, str]]:
@@ -62,11 +65,11 @@ def _answers(
     the ``unfinished`` error code and message. One shard's answers are in memory at a time.
     """
     batch_id = paths.batch_id
-    errors = iter_line_errors(storage, manifest)
+    errors = iter_line_errors(storage, manifest.error_parts)
     next_error = next(errors, None)
-    for shard in manifest["shards"]:
-        requests = read_shard(storage, shard["key"], ["line", "custom_id"]).sort("line")
-        records = journal.records(shard["first_line"], shard["last_line"])
+    for shard in manifest.shards:
+        requests = read_shard(storage, shard.key, ["line", "custom_id"]).sort("line")
+        records = journal.records(shard.first_line, shard.last_line)
         for line, custom_id in requests.iter_rows():
             while next_error is not None and next_error[0] < line:
                 yield False, line_error_line(batch_id, *next_error)
@@ -140,9 +143,9 @@ def _check_files(
 def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> dg.MaterializeResult:
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
-    manifest = storage.read_json(paths.manifest)
+    manifest = manifest_or_fail(storage, paths)
     with JournalIndex(storage, paths.journal) as journal:
-        missing = manifest["requests"] - len(journal)
+        missing = manifest.requests - len(journal)
         batch = read_batch(storage, batch_id)
         cancelled = cancel_requested(storage, batch_id, batch["status"])
         expired = missing > 0 and time.time() >= batch["expires_at"]
@@ -160,6 +163,7 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
             status, unfinished = "completed", ("batch_expired", EXPIRED_MESSAGE)
         if batch["status"] in ("validating", "in_progress"):
             update_batch(storage, batch_id, status="finalizing")
+        report_progress(Progress(batch_id, "publishing", len(journal), manifest.requests))
         completed = failed = 0
         preview: list[dict[str, Any]] = []
         with storage.open_write(paths.output) as out, storage.open_write(paths.errors) as err:
@@ -177,7 +181,7 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
             "total_tokens": journal.prompt_tokens + journal.completion_tokens,
         }
     counts = {"total": completed + failed, "completed": completed, "failed": failed}
-    checks = _check_files(storage, paths, manifest["lines"] - manifest["blank_lines"])
+    checks = _check_files(storage, paths, manifest.request_lines)
     update_batch(
         storage,
         batch_id,

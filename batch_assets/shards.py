@@ -16,12 +16,12 @@ order.
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import polars as pl
 
-from batch_assets.batch_object import BatchPaths
+from batch_assets.manifest import ShardRef
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
 REQUEST_SCHEMA = {"line": pl.Int64, "custom_id": pl.String, "body": pl.String}
@@ -124,8 +124,8 @@ class ChunkWriter:
         self.storage, self.paths, self.rows = storage, paths, rows
         self.order_by_prefix = order_by_prefix
         self.stats = ChunkStats()
-        self.shards: list[dict[str, Any]] = []
-        self.error_parts: list[dict[str, Any]] = []
+        self.shards: list[ShardRef] = []
+        self.error_parts: list[ShardRef] = []
         self._seen = SeenIds()
         self._valid: list[ValidLine] = []
         self._ids: set[str] = set()  # this chunk's custom_ids
@@ -176,7 +176,7 @@ class ChunkWriter:
             "custom_id": [r.custom_id for r in valid],
             "body": [r.body_json for r in valid],
         }
-        key = f"{self.paths.shards}/shard-{len(self.shards):05d}.parquet"
+        key = self.paths.shard(len(self.shards))
         lines = (self._valid[0].line, self._valid[-1].line)
         self.shards.append(self._write(key, columns, REQUEST_SCHEMA, lines))
         self.stats.valid += len(valid)
@@ -191,7 +191,7 @@ class ChunkWriter:
             "code": [e.code for e in errors],
             "message": [e.message for e in errors],
         }
-        key = f"{self.paths.line_errors}/part-{len(self.error_parts):05d}.parquet"
+        key = self.paths.line_error_part(len(self.error_parts))
         lines = (errors[0].line, errors[-1].line)
         self.error_parts.append(self._write(key, columns, LINE_ERROR_SCHEMA, lines))
         self.stats.invalid += len(errors)
@@ -199,19 +199,19 @@ class ChunkWriter:
 
     def _write(
         self, key: str, columns: dict[str, list], schema: dict, lines: tuple[int, int]
-    ) -> dict[str, Any]:
+    ) -> ShardRef:
         """Write one parquet file; its manifest entry (rows and line range)."""
         frame = pl.DataFrame(columns, schema=schema)
         with self.storage.open_write(key) as stream:
             frame.write_parquet(stream, compression="lz4")  # 2x zstd's speed; work files
-        return {"key": key, "rows": frame.height, "first_line": lines[0], "last_line": lines[1]}
+        return ShardRef(key=key, rows=frame.height, first_line=lines[0], last_line=lines[1])
 
     @property
     def first_error(self) -> LineError | None:
         """The first error of the file (once everything is flushed)."""
         if not self.error_parts:
             return None
-        with self.storage.open_read(self.error_parts[0]["key"]) as stream:
+        with self.storage.open_read(self.error_parts[0].key) as stream:
             row = pl.read_parquet(stream, n_rows=1).row(0, named=True)
         return LineError(row["line"], row["code"], row["message"], row["custom_id"])
 
@@ -231,19 +231,19 @@ def read_shard(storage: BatchStorage, key: str, columns: list[str]) -> pl.DataFr
 
 
 def iter_requests(
-    storage: BatchStorage, manifest: dict[str, Any], columns: list[str], input_order: bool
+    storage: BatchStorage, shards: list[ShardRef], columns: list[str], input_order: bool
 ) -> Iterator[tuple]:
     """Rows of every request shard: in engine order, or in input order."""
-    for shard in manifest["shards"]:
-        frame = read_shard(storage, shard["key"], columns)
+    for shard in shards:
+        frame = read_shard(storage, shard.key, columns)
         if input_order:
             frame = frame.sort("line")
         yield from frame.iter_rows()
 
 
 def iter_line_errors(
-    storage: BatchStorage, manifest: dict[str, Any]
+    storage: BatchStorage, parts: list[ShardRef]
 ) -> Iterator[tuple[int, str | None, str, str]]:
     """``(line, custom_id, code, message)`` of every line error, in input order."""
-    for part in manifest["error_parts"]:
-        yield from read_shard(storage, part["key"], list(LINE_ERROR_SCHEMA)).iter_rows()
+    for part in parts:
+        yield from read_shard(storage, part.key, list(LINE_ERROR_SCHEMA)).iter_rows()

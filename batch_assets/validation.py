@@ -9,24 +9,24 @@ readable reason.
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
-from batch_assets.batch_object import BatchPaths
+from batch_assets.batch_object import SourceRef
 from batch_assets.line_reader import FileRejected, iter_raw_lines, open_input
+from batch_assets.manifest import Manifest, ShardRef, write_manifest
 from batch_assets.request_schema import (
     ENVELOPE_DECODER,
-    SUPPORTED_URLS,
     RequestLine,
     decode_body,
     prompt_summary,
 )
 from batch_assets.shards import ChunkWriter, LineError, ValidLine
+from resources.endpoints import SUPPORTED_URLS
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
-__all__ = ["FileRejected", "Limits", "LineValidator", "validate_input", "write_manifest"]
-MANIFEST_FORMAT = 2
+__all__ = ["FileRejected", "Limits", "LineValidator", "save_manifest", "validate_input"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class ValidationReport:
     prompt_chars: int = 0
     models: dict[str, int] = field(default_factory=dict)
     error_codes: dict[str, int] = field(default_factory=dict)
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    error_parts: list[dict[str, Any]] = field(default_factory=list)
+    shards: list[ShardRef] = field(default_factory=list)
+    error_parts: list[ShardRef] = field(default_factory=list)
 
     @property
     def est_prompt_tokens(self) -> int:
@@ -193,23 +193,23 @@ def validate_input(
     return report
 
 
-def write_manifest(
-    storage: BatchStorage, paths: BatchPaths, source: dict[str, Any], report: ValidationReport
-) -> dict[str, Any]:
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "source": source,
-        "validated_at": int(time.time()),
-        "lines": report.lines,
-        "blank_lines": report.blank_lines,
-        "requests": report.valid,
-        "invalid": report.invalid,
-        "endpoint": report.endpoint,
-        "models": report.models,
-        "error_codes": report.error_codes,
-        "est_prompt_tokens": report.est_prompt_tokens,
-        "shards": report.shards,
-        "error_parts": report.error_parts,
-    }
-    storage.write_json(paths.manifest, manifest)
+def save_manifest(
+    storage: BatchStorage, paths: BatchPaths, source: SourceRef, report: ValidationReport
+) -> Manifest:
+    """The manifest of a validated file, written to the work area."""
+    manifest = Manifest(
+        source=source,
+        validated_at=int(time.time()),
+        lines=report.lines,
+        blank_lines=report.blank_lines,
+        requests=report.valid,
+        invalid=report.invalid,
+        endpoint=report.endpoint,
+        models=report.models,
+        error_codes=report.error_codes,
+        est_prompt_tokens=report.est_prompt_tokens,
+        shards=report.shards,
+        error_parts=report.error_parts,
+    )
+    write_manifest(storage, paths, manifest)
     return manifest

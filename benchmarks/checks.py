@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workloads import EMBEDDINGS_URL, custom_id
+from benchmarks.workloads import custom_id
+from resources.endpoints import EMBEDDINGS_URL
 
 
 class IncompleteOutput(AssertionError):

@@ -25,7 +25,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workloads import EMBEDDINGS_URL, expected_output_tokens
+from benchmarks.workloads import expected_output_tokens
+from resources.endpoints import EMBEDDINGS_URL
+from resources.layout import inbox_key
+
+UPLOAD_KEY = inbox_key("requests.jsonl")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -33,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 Run = dict[str, Any]
 
 
-def pending(storage: Any, manifest: dict[str, Any]) -> Iterable[tuple[int, str]]:
+def pending(storage: Any, manifest: Any) -> Iterable[tuple[int, str]]:
     """Every request of ``manifest`` in engine order, as the asset reads them (none done)."""
     import numpy as np
 
@@ -75,7 +79,7 @@ class Bench:
     """The engine, the workload's requests, and the timed runs of each side."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        from batch_assets.batch_object import BatchPaths
+        from resources.layout import BatchPaths
         from resources.storage import BatchStorage
         from resources.vllm_engine import VLLMEngine
 
@@ -99,11 +103,11 @@ class Bench:
         assert asked is None or got == asked, f"KV cache: asked {asked} bytes, engine has {got}"
 
         self.storage = BatchStorage(root=str(Path(spec["work_dir"]) / "storage"))
-        self.storage.put_file(Path(spec["file"]), "inbox/requests.jsonl")
+        self.storage.put_file(Path(spec["file"]), UPLOAD_KEY)
         self.paths = {"phase": BatchPaths("batch_ordered")}
         if spec.get("prefix_compare"):
             self.paths["phase_unordered"] = BatchPaths("batch_unordered")
-        self.manifests: dict[str, dict[str, Any]] = {}
+        self.manifests: dict[str, Any] = {}  # side -> its batch_assets.manifest.Manifest
         self.ordering: dict[str, Any] = {}
 
     def engine_info(self) -> dict[str, Any]:
@@ -127,22 +131,24 @@ class Bench:
 
     def validate(self) -> None:
         """Validate the file into shards: prefix ordering on (the default) and, if asked, off."""
-        from batch_assets.validation import Limits, validate_input, write_manifest
+        from batch_assets.batch_object import SourceRef
+        from batch_assets.validation import Limits, save_manifest, validate_input
+
+        info = self.storage.stat(UPLOAD_KEY)
+        source = SourceRef(key=UPLOAD_KEY, version=info.version, size=info.size)
 
         for side, paths in self.paths.items():
             limits = Limits(4 << 20, 10_000_000, 1 << 40, order_by_prefix=side == "phase")
             started = time.perf_counter()
-            report = validate_input(
-                self.storage, "inbox/requests.jsonl", paths, {self.served}, limits
-            )
+            report = validate_input(self.storage, UPLOAD_KEY, paths, {self.served}, limits)
             seconds = time.perf_counter() - started
             assert report.valid == self.n and report.invalid == 0, (side, report)
-            manifest = write_manifest(self.storage, paths, {"key": "inbox/requests.jsonl"}, report)
+            manifest = save_manifest(self.storage, paths, source, report)
             self.manifests[side] = manifest
             keys = [prefix_key(body) for _, body in pending(self.storage, manifest)]
             self.ordering[side] = {
                 "validation_s": round(seconds, 3),
-                "shards": len(manifest["shards"]),
+                "shards": len(manifest.shards),
                 "adjacent_same_prefix": round(adjacency(keys), 4),
             }
         input_keys = [prefix_key(json.dumps(b)) for b in self.bodies]
@@ -195,7 +201,7 @@ class Bench:
                 responses=ResponseBuilder(self.served, self.llm.get_tokenizer()),
                 journal=journal,
                 batch_id=paths.batch_id,
-                endpoint=manifest["endpoint"],
+                endpoint=manifest.endpoint,
                 window=self.engine.max_pending_requests or 4 * max_num_seqs,
             )
             started = time.perf_counter()

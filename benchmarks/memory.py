@@ -22,7 +22,9 @@ from typing import Any
 
 from benchmarks.measure import log
 from benchmarks.settings import ROOT
-from benchmarks.workloads import CHAT_URL, WORDS
+from benchmarks.workloads import WORDS
+from resources.endpoints import CHAT_URL
+from resources.layout import inbox_key
 
 TARGET_LINES_PER_S = 150_000
 TARGET_PEAK_RSS_BYTES = 500 * 1000 * 1000
@@ -81,7 +83,7 @@ def measure(lines: int, work_dir: Path, served: str = "bench") -> dict[str, Any]
     """Write a ``lines`` file and validate it in a fresh single-core process."""
     root = work_dir / f"memory-{lines}"
     shutil.rmtree(root, ignore_errors=True)
-    key = "inbox/requests.jsonl"
+    key = inbox_key("requests.jsonl")
     write_file(root / key, lines, served)
     env = dict(os.environ, POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "benchmarks.memory", "child", str(root), key, served]

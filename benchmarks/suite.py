@@ -22,7 +22,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +120,13 @@ class WorkloadRun:
         self.sides = {s.strip() for s in args.sides.split(",") if s.strip()}
         self.settings = base
         if w.kv_cache_memory_bytes is not None:
-            self.settings = replace(base, kv_cache_memory_bytes=w.kv_cache_memory_bytes)
+            self.settings = base.with_fields(kv_cache_memory_bytes=w.kv_cache_memory_bytes)
         self.work = work / w.name
         self.work.mkdir(parents=True, exist_ok=True)
         self.file = self.work / "requests.jsonl"
         self.bodies = bodies(w, self.settings.served_model_name, args.seed)
         write_jsonl(self.file, w.endpoint, self.bodies)
-        self.report = report.WorkloadReport(w, asdict(self.settings))
+        self.report = report.WorkloadReport(w, self.settings.record())
         self.records: list[dict[str, Any]] = []
 
     def _add(self, m: Measurement) -> None:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale != 1.0:
         suite.notes.append(f"Request counts scaled by {args.scale} (`--scale`).")
     base = base_settings(args, work)
-    emit({"kind": "settings", **asdict(base)})
+    emit({"kind": "settings", **base.record()})
     records: list[dict[str, Any]] = [{"kind": "machine", **info}]
     for w in choose_workloads(args):
         run = WorkloadRun(args, w, base, work)

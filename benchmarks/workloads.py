@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-CHAT_URL = "/v1/chat/completions"
-EMBEDDINGS_URL = "/v1/embeddings"
+from resources.endpoints import CHAT_URL, EMBEDDINGS_URL
+
 WORDS = (
     "the a batch model prompt token result file night slot queue engine data lake sensor "
     "asset run write read fast slow green blue red cat dog tree river stone light dark north "

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from resources.storage import ObjectInfo, UnsafeKeyError
+from resources.layout import SPOOL_FOLDER
+from resources.storage_base import ObjectInfo, UnsafeKeyError
 
-TEMPORARY_FOLDER = ".tmp"
 # A spool file untouched this long belongs to a writer that was killed (kill -9 skips the
 # cleanup); every live writer touches its file far more often than this.
 STALE_SPOOL_AGE_S = 24 * 3600
@@ -79,7 +79,7 @@ class LocalBackend:
 
     def _spool_folder(self) -> Path:
         """The spool folder; the first call also sweeps out what killed writers left."""
-        spool = self.root / TEMPORARY_FOLDER
+        spool = self.root / SPOOL_FOLDER
         spool.mkdir(exist_ok=True)
         if not self._swept:
             cutoff = time.time() - STALE_SPOOL_AGE_S

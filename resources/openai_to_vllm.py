@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from batch_assets.request_schema import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
+from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
 
 if TYPE_CHECKING:
     from vllm import LLM

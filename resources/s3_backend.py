@@ -12,16 +12,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from dagster_aws.s3.utils import construct_s3_client
 
-from resources.storage import ObjectInfo
-
-if TYPE_CHECKING:
-    from resources.storage import BatchStorage
+from resources.storage_base import ObjectInfo
 
 _TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
 
@@ -56,20 +53,27 @@ def _sha256(path: Path) -> str:
 class S3Backend:
     is_local = False
 
-    def __init__(self, settings: "BatchStorage"):
-        bucket, _, prefix = settings.root.removeprefix("s3://").partition("/")
+    def __init__(
+        self,
+        root: str,
+        *,
+        endpoint_url: str | None,
+        region_name: str | None,
+        max_attempts: int,
+        server_side_encryption: str | None,
+        sse_kms_key_id: str | None,
+    ):
+        bucket, _, prefix = root.removeprefix("s3://").partition("/")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.client = construct_s3_client(
-            max_attempts=settings.max_attempts,
-            region_name=settings.region_name,
-            endpoint_url=settings.endpoint_url,
+            max_attempts=max_attempts, region_name=region_name, endpoint_url=endpoint_url
         )
         self.extra: dict[str, str] = {}
-        if settings.server_side_encryption:
-            self.extra["ServerSideEncryption"] = settings.server_side_encryption
-            if settings.sse_kms_key_id:
-                self.extra["SSEKMSKeyId"] = settings.sse_kms_key_id
+        if server_side_encryption:
+            self.extra["ServerSideEncryption"] = server_side_encryption
+            if sse_kms_key_id:
+                self.extra["SSEKMSKeyId"] = sse_kms_key_id
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -5,62 +5,34 @@ and ``work/<batch_id>/``. Keys are relative and ``/``-separated; a key that coul
 root (``..``, an absolute path, a NUL) is refused before any I/O.
 """
 
-import re
+import json
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from resources.layout import project_root
+from resources.storage_base import (
+    PROJECT_NAME,
+    Backend,
+    ObjectInfo,
+    UnsafeKeyError,
+    check_key,
+)
 
-class UnsafeKeyError(ValueError):
-    """A key that would read or write outside the storage root."""
-
-
-PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-
-
-def check_key(key: str) -> str:
-    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
-        raise UnsafeKeyError(f"unsafe storage key: {key!r}")
-    if any(part in ("", ".", "..") for part in key.split("/")):
-        raise UnsafeKeyError(f"unsafe storage key: {key!r}")
-    return key
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What the storage knows about one stored object."""
-
-    key: str
-    size: int
-    version: str  # content identity: the ETag on S3, size and mtime in a local folder
-    modified_ns: int
-
-
-class Backend(Protocol):
-    uri: str
-    is_local: bool
-
-    def stat(self, key: str) -> ObjectInfo | None: ...
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]: ...
-    def open_read(self, key: str) -> AbstractContextManager[IO[bytes]]: ...
-    def open_write(self, key: str) -> AbstractContextManager[IO[bytes]]: ...
-    def put_file(self, local_path: Path, key: str) -> None: ...
-    def matches_file(self, local_path: Path, key: str) -> bool: ...
-    def delete_prefix(self, prefix: str) -> None: ...
-    def delete(self, key: str) -> None: ...
-    def local_path(self, key: str) -> Path | None: ...
+__all__ = ["DEFAULT_ROOT", "BatchStorage", "ObjectInfo", "UnsafeKeyError", "check_key"]
+DEFAULT_ROOT = "./data"
 
 
 class BatchStorage(dg.ConfigurableResource):
     """Where batches live: a local folder (default) or ``s3://bucket/prefix``."""
 
     root: str = Field(
-        default="./data",
+        default=DEFAULT_ROOT,
         description="A folder, or s3://bucket/prefix, holding inbox/, outbox/ and work/ "
         "(BATCH_STORAGE).",
     )
@@ -86,6 +58,15 @@ class BatchStorage(dg.ConfigurableResource):
 
     _backend: Any = PrivateAttr(default=None)
 
+    @classmethod
+    def from_env(cls, **fields: Any) -> "BatchStorage":
+        """The storage of BATCH_STORAGE and BATCH_PROJECTS, unless ``fields`` set them."""
+        env: dict[str, Any] = {"root": os.environ.get("BATCH_STORAGE") or DEFAULT_ROOT}
+        projects = [p.strip() for p in os.environ.get("BATCH_PROJECTS", "").split(",")]
+        if any(projects):
+            env["projects"] = [p for p in projects if p]
+        return cls(**{**env, **fields})
+
     def for_project(self, project: str | None) -> "BatchStorage":
         """The storage of one project (``<root>/<project>``); the root itself for None.
 
@@ -98,8 +79,8 @@ class BatchStorage(dg.ConfigurableResource):
             return self
         if project not in self.projects or not PROJECT_NAME.fullmatch(project):
             raise UnsafeKeyError(f"unknown project: {project!r}")
-        root = self.root.rstrip("/")
-        return BatchStorage(**{**self.model_dump(), "root": f"{root}/{project}", "projects": []})
+        root = project_root(self.root, project)
+        return BatchStorage(**{**self.model_dump(), "root": root, "projects": []})
 
     def tenants(self) -> list[tuple[str | None, "BatchStorage"]]:
         """``(project, storage)`` of every project, or ``(None, self)`` without projects."""
@@ -112,7 +93,14 @@ class BatchStorage(dg.ConfigurableResource):
             if self.root.startswith("s3://"):
                 from resources.s3_backend import S3Backend
 
-                self._backend = S3Backend(self)
+                self._backend = S3Backend(
+                    self.root,
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.region_name,
+                    max_attempts=self.max_attempts,
+                    server_side_encryption=self.server_side_encryption,
+                    sse_kms_key_id=self.sse_kms_key_id,
+                )
             else:
                 from resources.local_backend import LocalBackend
 
@@ -161,8 +149,6 @@ class BatchStorage(dg.ConfigurableResource):
             return stream.read()
 
     def read_json(self, key: str) -> Any:
-        import json
-
         return json.loads(self.read_bytes(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -170,8 +156,6 @@ class BatchStorage(dg.ConfigurableResource):
             stream.write(data)
 
     def write_json(self, key: str, value: Any) -> None:
-        import json
-
         self.write_bytes(key, json.dumps(value, indent=2).encode())
 
     def put_file(self, local_path: Path, key: str) -> None:

@@ -7,7 +7,7 @@ the served model names, such as input validation, never pays for an engine.
 import gc
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Runner = Literal["generate", "pooling"]
+DEFAULT_MODEL = "./models/tiny-chat"  # what `make model` generates (BATCH_MODEL unset)
 _CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 # Engines kept alive between runs of one process when ``keep_loaded`` is set.
 _KEPT: dict[str, "LLM"] = {}
@@ -28,7 +29,7 @@ _LOOP_ONLY = frozenset({"model_aliases", "clamp_max_tokens", "max_pending_reques
 class VLLMEngine(dg.ConfigurableResource):
     """Engine settings. The defaults suit one GPU; the CPU defaults are filled in on load."""
 
-    model: str = Field(description="Local model folder or model name (BATCH_MODEL).")
+    model: str = Field(description="Local model folder or model name.")
     served_model_name: str | None = Field(
         default=None,
         description="Name a request's body.model must use; defaults to `model`, as in vllm serve.",
@@ -81,6 +82,17 @@ class VLLMEngine(dg.ConfigurableResource):
     )
 
     _llm: Any = PrivateAttr(default=None)
+    # Fields a deployment sets from the environment (the code location and the CLI alike).
+    ENV: ClassVar[dict[str, str]] = {
+        "model": "BATCH_MODEL",
+        "served_model_name": "BATCH_SERVED_MODEL_NAME",
+    }
+
+    @classmethod
+    def from_env(cls, **fields: Any) -> "VLLMEngine":
+        """The engine of ``fields``; unset ones in :attr:`ENV` come from the environment."""
+        from_env = {name: os.environ[var] for name, var in cls.ENV.items() if os.environ.get(var)}
+        return cls(**{"model": DEFAULT_MODEL, **from_env, **fields})
 
     @property
     def served_model_names(self) -> list[str]:

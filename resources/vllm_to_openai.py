@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from batch_assets.request_schema import CHAT_URL, COMPLETIONS_URL
+from resources.endpoints import CHAT_URL, COMPLETIONS_URL
 from resources.openai_to_vllm import PreparedRequest
 
 # vLLM reports -inf for impossible tokens; JSON has no infinity, so clamp as vLLM's server does.

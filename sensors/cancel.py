@@ -1,6 +1,6 @@
 """Cancellation: cancel requests in the storage, and runs terminated in the Dagster UI.
 
-A cancel request (``<root>/cancel/<batch_id>``, see :mod:`batch_assets.cancellation`) moves
+A cancel request (an object under ``<root>/cancel/``, see :mod:`batch_assets.cancellation`) moves
 the batch to ``cancelling``. A batch run in progress sees the request itself and finishes
 the batch as ``cancelled``; queued runs of the batch are cancelled, and a batch with no run
 in progress is published by ``cancel_job`` (no engine, no GPU). Once the batch is finished,
@@ -10,10 +10,11 @@ is a cancel request too.
 
 import dagster as dg
 
-from batch_assets.batch_object import TERMINAL_STATUSES, BatchPaths
-from batch_assets.cancellation import CANCEL_PREFIX, mark_cancelling, request_cancel
+from batch_assets.batch_object import TERMINAL_STATUSES
+from batch_assets.cancellation import mark_cancelling, request_cancel
 from batch_assets.jobs import batch_job, cancel_job, preview_job
 from batch_assets.partitions import open_batch, partition_key
+from resources.layout import CANCEL, PARTITION_TAG, BatchPaths, batch_id_of
 from resources.storage import BatchStorage
 
 _WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
@@ -27,7 +28,7 @@ _RUNNING = [
 def _publish_request(instance: dg.DagsterInstance, key: str) -> dg.RunRequest | None:
     """A cancel_job run for the batch, unless one was launched already."""
     launched = instance.get_runs(
-        dg.RunsFilter(job_name=cancel_job.name, tags={"dagster/partition": key}), limit=1
+        dg.RunsFilter(job_name=cancel_job.name, tags={PARTITION_TAG: key}), limit=1
     )
     if launched:
         return None
@@ -44,8 +45,8 @@ def _publish_request(instance: dg.DagsterInstance, key: str) -> dg.RunRequest | 
 def cancel_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage):
     requests = []
     for project, tenant in storage.tenants():
-        for info in tenant.list(CANCEL_PREFIX):
-            batch_id = info.key.rsplit("/", 1)[-1]
+        for info in tenant.list(CANCEL):
+            batch_id = batch_id_of(info.key)
             if not tenant.exists(BatchPaths(batch_id).batch_json):
                 continue  # not a batch of this storage
             if mark_cancelling(tenant, batch_id) in TERMINAL_STATUSES:
@@ -55,7 +56,7 @@ def cancel_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage):
             runs = [
                 run
                 for run in context.instance.get_runs(
-                    dg.RunsFilter(tags={"dagster/partition": key}, statuses=_WAITING + _RUNNING)
+                    dg.RunsFilter(tags={PARTITION_TAG: key}, statuses=_WAITING + _RUNNING)
                 )
                 if run.job_name != cancel_job.name  # the publishing run itself goes ahead
             ]
@@ -78,7 +79,7 @@ def cancel_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage):
     description="A batch run terminated in the UI (or by the API) cancels its batch.",
 )
 def terminated_run_sensor(context: dg.RunStatusSensorContext, storage: BatchStorage):
-    key = context.dagster_run.tags.get("dagster/partition")
+    key = context.dagster_run.tags.get(PARTITION_TAG)
     if not key:
         return None
     tenant, batch_id = open_batch(storage, key)

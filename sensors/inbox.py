@@ -15,14 +15,18 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from batch_assets.batch_object import register_batch, update_batch
+from batch_assets.batch_object import read_batch, register_batch, update_batch
 from batch_assets.jobs import batch_job, preview_job
 from batch_assets.partitions import batch_partitions, partition_key
+from resources.layout import (
+    INBOX,
+    INPUT_TAG,
+    PROJECT_TAG,
+    is_overnight_upload,
+    overnight_queue_key,
+)
 from resources.storage import BatchStorage, ObjectInfo, UnsafeKeyError, check_key
 
-INBOX = "inbox"
-OVERNIGHT = "inbox/overnight/"
-OVERNIGHT_QUEUE = "work/queue/overnight"
 MAX_PER_TICK = 200
 LOOKBACK_NS = 3600 * 10**9
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
@@ -95,11 +99,11 @@ def _run_request(storage: BatchStorage, project: str | None, info: ObjectInfo) -
     """Register the upload as a batch; run it now, or queue it for the night and preview it."""
     batch_id = register_batch(storage, info.key, info)
     key = partition_key(project, batch_id)
-    tags = {"batch/input": info.key} | ({"batch/project": project} if project else {})
-    if not info.key.startswith(OVERNIGHT):
+    tags = {INPUT_TAG: info.key} | ({PROJECT_TAG: project} if project else {})
+    if not is_overnight_upload(info.key):
         return dg.RunRequest(run_key=key, tags=tags, job_name=batch_job.name, partition_key=key)
-    storage.write_json(f"{OVERNIGHT_QUEUE}/{batch_id}.json", {"input": info.key})
-    batch = storage.read_json(f"outbox/{batch_id}/batch.json")
+    storage.write_json(overnight_queue_key(batch_id), {"input": info.key})
+    batch = read_batch(storage, batch_id)
     update_batch(storage, batch_id, metadata={**batch["metadata"], "slot": "overnight"})
     return dg.RunRequest(
         run_key=f"{key}:preview", tags=tags, job_name=preview_job.name, partition_key=key
@@ -123,7 +127,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage) -> 
         budget -= len(uploads)
         for info in uploads:
             run_requests.append(_run_request(tenant, project, info))
-            if info.key.startswith(OVERNIGHT):
+            if is_overnight_upload(info.key):
                 queued.append(f"{project}:{info.key}" if project else info.key)
     if run_requests:
         context.log.info(

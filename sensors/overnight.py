@@ -13,11 +13,10 @@ import os
 import dagster as dg
 
 from batch_assets.batch_object import TERMINAL_STATUSES, read_batch
-from batch_assets.inference_run import SLOT_END_TAG
 from batch_assets.jobs import batch_job
 from batch_assets.partitions import partition_key
+from resources.layout import OVERNIGHT_QUEUE, SLOT_END_TAG, SLOT_TAG, batch_id_of
 from resources.storage import BatchStorage
-from sensors.inbox import OVERNIGHT_QUEUE
 
 
 @dg.schedule(
@@ -35,7 +34,7 @@ def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: BatchStor
     requests = []
     for project, tenant in storage.tenants():
         for info in tenant.list(OVERNIGHT_QUEUE):
-            batch_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            batch_id = batch_id_of(info.key)
             if read_batch(tenant, batch_id)["status"] in (*TERMINAL_STATUSES, "cancelling"):
                 continue
             key = partition_key(project, batch_id)
@@ -43,7 +42,7 @@ def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: BatchStor
                 dg.RunRequest(
                     run_key=f"{key}:{night}",
                     partition_key=key,
-                    tags={"batch/slot": "overnight", SLOT_END_TAG: f"{slot_end:.0f}"},
+                    tags={SLOT_TAG: "overnight", SLOT_END_TAG: f"{slot_end:.0f}"},
                 )
             )
     if not requests:

@@ -10,6 +10,7 @@ from batch_assets.batch_object import (
 )
 from batch_assets.jobs import batch_job, cancel_job
 from batch_assets.partitions import open_batch
+from resources.layout import MAX_RETRIES, PARTITION_TAG, RETRY_NUMBER
 from resources.storage import BatchStorage
 
 
@@ -20,14 +21,14 @@ from resources.storage import BatchStorage
 )
 def batch_failure_sensor(context: dg.RunFailureSensorContext, storage: BatchStorage) -> None:
     run = context.dagster_run
-    key = run.tags.get("dagster/partition")
+    key = run.tags.get(PARTITION_TAG)
     if not key:
         return
     storage, batch_id = open_batch(storage, key)
-    retry = int(run.tags.get("dagster/retry_number", "0"))
+    retry = int(run.tags.get(RETRY_NUMBER, "0"))
     max_retries = int(
         run.tags.get(
-            "dagster/max_retries",
+            MAX_RETRIES,
             context.instance.run_retries_max_retries if context.instance.run_retries_enabled else 0,
         )
     )

@@ -23,15 +23,14 @@ def _validate(tmp_path: Path, content: bytes, limits: Limits = LIMITS):
     storage.write_bytes("inbox/f.jsonl", content)
     paths = BatchPaths("batch_test")
     report = validate_input(storage, "inbox/f.jsonl", paths, {MODEL_NAME}, limits)
-    manifest = {"shards": report.shards, "error_parts": report.error_parts}
     errors = {
         line: {"line": line, "custom_id": custom_id, "code": code, "message": message}
-        for line, custom_id, code, message in iter_line_errors(storage, manifest)
+        for line, custom_id, code, message in iter_line_errors(storage, report.error_parts)
     }
     columns = ["line", "custom_id", "body"]
     rows = [
         dict(zip(columns, row, strict=True))
-        for row in iter_requests(storage, manifest, columns, input_order=True)
+        for row in iter_requests(storage, report.shards, columns, input_order=True)
     ]
     return report, errors, rows
 
@@ -228,10 +227,9 @@ def test_requests_sharing_a_prefix_run_together_and_results_keep_input_order(tmp
     storage.write_bytes("inbox/f.jsonl", "\n".join(lines).encode())
     limits = Limits(4096, 100, 1 << 20, shard_rows=100)
     report = validate_input(storage, "inbox/f.jsonl", BatchPaths("b"), {MODEL_NAME}, limits)
-    manifest = {"shards": report.shards, "error_parts": report.error_parts}
     columns = ["line", "custom_id"]
-    engine_order = [cid for _, cid in iter_requests(storage, manifest, columns, False)]
+    engine_order = [cid for _, cid in iter_requests(storage, report.shards, columns, False)]
     groups = [systems[int(cid[1:]) % 3] for cid in engine_order]
     assert groups == sorted(groups)  # one run per system prompt
-    input_order = [cid for _, cid in iter_requests(storage, manifest, columns, True)]
+    input_order = [cid for _, cid in iter_requests(storage, report.shards, columns, True)]
     assert input_order == [f"r{i}" for i in range(9)]

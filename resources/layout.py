@@ -1,0 +1,154 @@
+"""The storage layout and the run tags: every key, prefix and tag the project reads or writes.
+
+One module so that a reader finds the whole layout in one place, and so that the folder and
+S3 backends, the assets, the sensors, the CLI and the HTTP API agree on it by construction.
+A test (``tests/test_layout.py``) fails when a layout literal appears anywhere else.
+
+```
+<root>/inbox/NAME.jsonl                upload here: runs as soon as the sensor sees it
+<root>/inbox/overnight/NAME.jsonl      upload here: previewed now, runs in the nightly slot
+<root>/outbox/<batch_id>/output.jsonl  successes, in input order
+<root>/outbox/<batch_id>/errors.jsonl  failures, in input order
+<root>/outbox/<batch_id>/batch.json    the OpenAI Batch object
+<root>/outbox/<batch_id>/preview.jsonl the first answers of an overnight batch
+<root>/cancel/<batch_id>               any object here cancels the batch
+<root>/work/<batch_id>/                source.json, manifest.json, requests/, line_errors/,
+                                       journal/, logs/
+<root>/work/queue/overnight/<id>.json  overnight batches waiting for the nightly slot
+<root>/.tmp/                           local folder only: files being written
+<root>/.dagster/                       local folder only: the CLI's Dagster instance
+```
+With projects, the same layout sits under ``<root>/<project>/``.
+"""
+
+from dataclasses import dataclass
+
+from dagster._core.storage.tags import MAX_RETRIES_TAG, PARTITION_NAME_TAG, RETRY_NUMBER_TAG
+
+# Top-level prefixes (folder keys, no trailing slash).
+INBOX = "inbox"
+OVERNIGHT_INBOX = f"{INBOX}/overnight"
+OUTBOX = "outbox"
+WORK = "work"
+CANCEL = "cancel"
+OVERNIGHT_QUEUE = f"{WORK}/queue/overnight"
+# Local folder only: the spool of files being written, and the CLI's Dagster instance.
+SPOOL_FOLDER = ".tmp"
+CLI_DAGSTER_HOME = ".dagster"
+
+
+def project_root(root: str, project: str) -> str:
+    """The root of one project's layout inside the storage root."""
+    return f"{root.rstrip('/')}/{project}"
+
+
+def inbox_key(name: str) -> str:
+    return f"{INBOX}/{name}"
+
+
+def is_overnight_upload(key: str) -> bool:
+    return key.startswith(f"{OVERNIGHT_INBOX}/")
+
+
+def overnight_queue_key(batch_id: str) -> str:
+    return f"{OVERNIGHT_QUEUE}/{batch_id}.json"
+
+
+def batch_id_of(key: str) -> str:
+    """The batch id a per-batch key ends with (a cancel request, a queue entry)."""
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def batch_json_owner(key: str) -> str | None:
+    """The batch id when ``key`` is a batch's batch.json (in a listing of the outbox)."""
+    parts = key.split("/")
+    if len(parts) == 3 and key == BatchPaths(parts[1]).batch_json:
+        return parts[1]
+    return None
+
+
+@dataclass(frozen=True)
+class BatchPaths:
+    """Storage keys of one batch."""
+
+    batch_id: str
+
+    @property
+    def outbox(self) -> str:
+        return f"{OUTBOX}/{self.batch_id}"
+
+    @property
+    def output(self) -> str:
+        return f"{self.outbox}/output.jsonl"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.outbox}/errors.jsonl"
+
+    @property
+    def batch_json(self) -> str:
+        return f"{self.outbox}/batch.json"
+
+    @property
+    def preview(self) -> str:
+        return f"{self.outbox}/preview.jsonl"
+
+    @property
+    def cancel(self) -> str:
+        return f"{CANCEL}/{self.batch_id}"
+
+    @property
+    def work(self) -> str:
+        return f"{WORK}/{self.batch_id}"
+
+    @property
+    def source(self) -> str:
+        return f"{self.work}/source.json"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.work}/manifest.json"
+
+    @property
+    def shards(self) -> str:
+        return f"{self.work}/requests"
+
+    def shard(self, index: int) -> str:
+        return f"{self.shards}/shard-{index:05d}.parquet"
+
+    @property
+    def line_errors(self) -> str:
+        return f"{self.work}/line_errors"
+
+    def line_error_part(self, index: int) -> str:
+        return f"{self.line_errors}/part-{index:05d}.parquet"
+
+    @property
+    def journal(self) -> str:
+        return f"{self.work}/journal"
+
+    @property
+    def logs(self) -> str:
+        return f"{self.work}/logs"
+
+
+JOURNAL_SEGMENT_SUFFIX = ".tsv"
+
+
+def journal_segment(journal: str, attempt: str, part: int | None = None) -> str:
+    """One journal segment: an attempt's file, or on S3 one part object of it."""
+    name = attempt if part is None else f"{attempt}-{part:06d}"
+    return f"{journal}/{name}{JOURNAL_SEGMENT_SUFFIX}"
+
+
+# Run tags the project writes or reads.
+GPU_TAG = "batch/gpu"  # runs that load an engine; the run queue limits them per GPU
+GPU_TAGS = {GPU_TAG: "engine"}
+INPUT_TAG = "batch/input"  # the inbox key a run's batch came from
+PROJECT_TAG = "batch/project"
+SLOT_TAG = "batch/slot"  # "overnight" for runs of the nightly slot
+SLOT_END_TAG = "batch/slot_end"  # unix time at which an overnight run stops taking requests
+# Dagster's own tags, read by the sensors.
+PARTITION_TAG = PARTITION_NAME_TAG
+RETRY_NUMBER = RETRY_NUMBER_TAG
+MAX_RETRIES = MAX_RETRIES_TAG
