@@ -28,6 +28,7 @@ test-fast: model
 lint: install
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
+	$(VENV)/mypy
 
 dev: model
 	mkdir -p dagster_home

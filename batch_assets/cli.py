@@ -38,7 +38,7 @@ from batch_assets.cli_display import (
     timestamp_lines,
 )
 from batch_assets.engine_flags import add_engine_arguments, engine_from_args
-from batch_assets.partitions import partition_key
+from batch_assets.partitions import BATCH_PARTITIONS, partition_key
 from batch_assets.progress import watching
 from resources.layout import (
     CLI_DAGSTER_HOME,
@@ -103,9 +103,8 @@ def _materialize(
     import dagster as dg
 
     from batch_assets.jobs import batch_assets
-    from batch_assets.partitions import batch_partitions
 
-    instance.add_dynamic_partitions(batch_partitions.name, [key])
+    instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
     return dg.materialize(
         batch_assets,
         selection=job.selection,

@@ -145,7 +145,8 @@ class InferenceLoop:
                         if item is DONE:
                             exhausted = True
                             break
-                        queued += self._submit(engine, *item, in_flight, stats)
+                        line, prepared = item
+                        queued += self._submit(engine, line, prepared, in_flight, stats)
                     if feed.error is not None:
                         raise feed.error
                 if not engine.has_unfinished_requests():

@@ -27,7 +27,7 @@ from resources.endpoints import EMBEDDINGS_URL
 from resources.layout import SLOT_END_TAG, BatchPaths
 from resources.openai_to_vllm import RequestBuilder
 from resources.storage import BatchStorage
-from resources.vllm_engine import VLLMEngine
+from resources.vllm_engine import Runner, VLLMEngine
 from resources.vllm_to_openai import ResponseBuilder
 
 PROGRESS_INTERVAL_S = 0.5  # progress reports to this process's listeners (the CLI's bar)
@@ -66,12 +66,12 @@ def run_requests(
     ``done_before`` and ``total`` only frame the progress reports.
     """
     started = time.monotonic()
-    runner = "pooling" if manifest.endpoint == EMBEDDINGS_URL else "generate"
+    runner: Runner = "pooling" if manifest.endpoint == EMBEDDINGS_URL else "generate"
     report_progress(Progress(batch_id, "loading", done_before, total))
     llm = engine.load(runner)
     load_s = time.monotonic() - started
     max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
-    attempt = f"{int(time.time() * 1000)}-{context.run_id[:8]}"
+    attempt = f"{int(time.time() * 1000)}-{context.run.run_id[:8]}"
     reporter = _progress_reporter(context, batch_id, done_before, total)
     with JournalWriter(storage, BatchPaths(batch_id).journal, attempt) as journal:
         loop = InferenceLoop(

@@ -10,7 +10,7 @@ import gzip
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Protocol
 
 from resources.storage import BatchStorage
 
@@ -30,6 +30,16 @@ class FileRejected(Exception):
         self.line = line
 
 
+class LineSource(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+class LineStream(LineSource, Protocol):
+    """What the input stage reads: a buffered file, or a gzip stream over one."""
+
+    def peek(self, size: int = 0, /) -> bytes: ...
+
+
 class _Decompressed:
     """``readline``/``peek`` over a gzip stream, failing once it outgrows ``max_bytes``."""
 
@@ -44,10 +54,10 @@ class _Decompressed:
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise FileRejected("corrupt_gzip", f"the gzip data is corrupt: {exc}") from exc
 
-    def peek(self, size: int) -> bytes:
+    def peek(self, size: int = 0, /) -> bytes:
         return self._guard(lambda: self._gzip.peek(size))
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int = -1, /) -> bytes:
         data = self._guard(lambda: self._gzip.readline(size))
         self._total += len(data)
         if self._total > self._max_bytes:
@@ -72,7 +82,7 @@ def _reject_binary(head: bytes) -> None:
 
 
 @contextmanager
-def open_input(storage: BatchStorage, key: str, max_file_bytes: int) -> Iterator[IO[bytes]]:
+def open_input(storage: BatchStorage, key: str, max_file_bytes: int) -> Iterator[LineStream]:
     """The upload at ``key`` as a line stream, decompressed if it is gzip."""
     size = storage.stat(key).size
     if size == 0:
@@ -83,14 +93,14 @@ def open_input(storage: BatchStorage, key: str, max_file_bytes: int) -> Iterator
             f"the file has {size} bytes; the limit is {max_file_bytes} (max_file_bytes)",
         )
     with storage.open_read(key) as raw:
-        stream: IO[bytes] = raw
+        stream: LineStream = raw
         if raw.peek(2)[:2] == GZIP_MAGIC:
-            stream = _Decompressed(raw, max_file_bytes)  # type: ignore[assignment]
+            stream = _Decompressed(raw, max_file_bytes)
         _reject_binary(stream.peek(8192)[:8192])
         yield stream
 
 
-def iter_raw_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+def iter_raw_lines(stream: LineSource, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     """Yield ``(line_number, content)``; content is None for a line over ``max_line_bytes``.
 
     Handles a UTF-8 BOM, CRLF endings and a missing final newline. Never buffers more than

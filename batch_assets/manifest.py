@@ -33,7 +33,7 @@ class Manifest(msgspec.Struct, kw_only=True):
     blank_lines: int
     requests: int  # lines that became requests
     invalid: int  # lines that became line errors
-    endpoint: str | None
+    endpoint: str  # the batch's one url, set by its first valid request
     models: dict[str, int]
     error_codes: dict[str, int]
     est_prompt_tokens: int

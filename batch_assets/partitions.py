@@ -4,7 +4,8 @@ import dagster as dg
 
 from resources.storage import BatchStorage
 
-batch_partitions = dg.DynamicPartitionsDefinition(name="batches")
+BATCH_PARTITIONS = "batches"  # the dynamic partitions' name in the Dagster instance
+batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
 
 
 def partition_key(project: str | None, batch_id: str) -> str:

@@ -7,7 +7,7 @@ rejection there is an HTTP-400-style error line, as the OpenAI Batch API reports
 Unknown fields are allowed everywhere and kept: the body is stored as the original JSON text.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -113,13 +113,13 @@ def prompt_summary(body: _Body) -> tuple[int, str]:
         total, prefix = 0, ""
         for message in body.messages:
             text = message.content
-            if text.__class__ is not str:
+            if not isinstance(text, str):
                 text = "".join(part.text or "" for part in text) if text else ""
             if total < PREFIX_CHARS:
                 prefix += f"\x00{message.role}\x00{text[:PREFIX_CHARS]}"
             total += len(text)
         return total, prefix[:PREFIX_CHARS]
-    value = body.prompt if isinstance(body, CompletionBody) else body.input
+    value = body.prompt if isinstance(body, CompletionBody) else cast(EmbeddingBody, body).input
     if isinstance(value, str):
         return len(value), value[:PREFIX_CHARS]
     total = sum(

@@ -171,7 +171,7 @@ class ChunkWriter:
         valid = self._valid
         if self.order_by_prefix:
             valid = sorted(valid, key=lambda r: r.prefix)  # stable: ties keep line order
-        columns = {
+        columns: dict[str, list] = {
             "line": [r.line for r in valid],
             "custom_id": [r.custom_id for r in valid],
             "body": [r.body_json for r in valid],
@@ -185,7 +185,7 @@ class ChunkWriter:
 
     def _write_errors(self) -> None:
         errors = sorted(self._errors, key=lambda e: e.line)
-        columns = {
+        columns: dict[str, list] = {
             "line": [e.line for e in errors],
             "custom_id": [e.custom_id for e in errors],
             "code": [e.code for e in errors],

@@ -197,6 +197,7 @@ def save_manifest(
     storage: BatchStorage, paths: BatchPaths, source: SourceRef, report: ValidationReport
 ) -> Manifest:
     """The manifest of a validated file, written to the work area."""
+    assert report.endpoint is not None, "a validated file has a valid request, so an endpoint"
     manifest = Manifest(
         source=source,
         validated_at=int(time.time()),

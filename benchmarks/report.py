@@ -105,7 +105,8 @@ def _prefix_table(report: WorkloadReport) -> list[str]:
         if m is None:
             continue
         share = m.cached_tokens / m.prompt_tokens if m.prompt_tokens else 0.0
-        adjacency = (report.ordering.get(order_key) or {}).get("adjacent_same_prefix")
+        ordering = report.ordering.get(order_key) if order_key else None
+        adjacency = (ordering or {}).get("adjacent_same_prefix")
         if side == "raw_grouped":
             adjacency = None
         gain = m.requests_per_s / off.requests_per_s if off and side.startswith("phase") else None

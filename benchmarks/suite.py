@@ -174,17 +174,17 @@ class WorkloadRun:
         """Every timed run, then per side the median (token counts from the run nearest it)."""
         counts = ("requests", "seconds", "output_tokens", "prompt_tokens", "cached_tokens")
         for run in runs:
-            values = [run[k] for k in counts]
+            values = {k: run[k] for k in counts}
             self._add(
-                Measurement(self.w.name, run["side"], *values, kind="run", attempt=run["attempt"])
+                Measurement(self.w.name, run["side"], **values, kind="run", attempt=run["attempt"])
             )
         for side in sides:
             mine = [r for r in runs if r["side"] == side]
             median = statistics.median(r["seconds"] for r in mine)
             mid = min(mine, key=lambda r: abs(r["seconds"] - median))
-            values = [median if k == "seconds" else mid[k] for k in counts]
+            values = {k: median if k == "seconds" else mid[k] for k in counts}
             summary = Measurement(
-                self.w.name, side, *values, runs=len(mine), extra={"kv_tokens": kv}
+                self.w.name, side, **values, runs=len(mine), extra={"kv_tokens": kv}
             )
             self._add(summary)
 

@@ -15,6 +15,12 @@ A test (``tests/test_layout.py``) fails when a layout literal appears anywhere e
 <root>/work/<batch_id>/                source.json, manifest.json, requests/, line_errors/,
                                        journal/, logs/
 <root>/work/queue/overnight/<id>.json  overnight batches waiting for the nightly slot
+<root>/work/queue/api/<batch_id>.json  batches created through the HTTP API, not yet launched
+<root>/files/<file_id>/file.json       a file of the HTTP API (an upload, or a batch's input,
+                                       output or errors file pointing at its content)
+<root>/files/<file_id>/content         an uploaded file's bytes
+<root>/files/<file_id>/readers/<id>    a batch that reads the file (deleting it waits)
+<root>/work/idempotency/<digest>.json  the first answer to an Idempotency-Key
 <root>/.tmp/                           local folder only: files being written
 <root>/.dagster/                       local folder only: the CLI's Dagster instance
 ```
@@ -32,6 +38,9 @@ OUTBOX = "outbox"
 WORK = "work"
 CANCEL = "cancel"
 OVERNIGHT_QUEUE = f"{WORK}/queue/overnight"
+API_QUEUE = f"{WORK}/queue/api"
+FILES = "files"
+IDEMPOTENCY = f"{WORK}/idempotency"
 # Local folder only: the spool of files being written, and the CLI's Dagster instance.
 SPOOL_FOLDER = ".tmp"
 CLI_DAGSTER_HOME = ".dagster"
@@ -52,6 +61,14 @@ def is_overnight_upload(key: str) -> bool:
 
 def overnight_queue_key(batch_id: str) -> str:
     return f"{OVERNIGHT_QUEUE}/{batch_id}.json"
+
+
+def api_queue_key(batch_id: str) -> str:
+    return f"{API_QUEUE}/{batch_id}.json"
+
+
+def idempotency_key(digest: str) -> str:
+    return f"{IDEMPOTENCY}/{digest}.json"
 
 
 def batch_id_of(key: str) -> str:
@@ -130,6 +147,40 @@ class BatchPaths:
     @property
     def logs(self) -> str:
         return f"{self.work}/logs"
+
+
+@dataclass(frozen=True)
+class FilePaths:
+    """Storage keys of one file of the HTTP API."""
+
+    file_id: str
+
+    @property
+    def folder(self) -> str:
+        return f"{FILES}/{self.file_id}"
+
+    @property
+    def record(self) -> str:
+        return f"{self.folder}/file.json"
+
+    @property
+    def content(self) -> str:
+        return f"{self.folder}/content"
+
+    @property
+    def readers(self) -> str:
+        return f"{self.folder}/readers"
+
+    def reader(self, batch_id: str) -> str:
+        return f"{self.readers}/{batch_id}"
+
+
+def file_record_owner(key: str) -> str | None:
+    """The file id when ``key`` is a file's record (in a listing of ``files/``)."""
+    parts = key.split("/")
+    if len(parts) == 3 and key == FilePaths(parts[1]).record:
+        return parts[1]
+    return None
 
 
 JOURNAL_SEGMENT_SUFFIX = ".tsv"

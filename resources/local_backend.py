@@ -1,5 +1,6 @@
 """The local-folder backend of :class:`resources.storage.BatchStorage`."""
 
+import io
 import os
 import shutil
 import tempfile
@@ -56,7 +57,7 @@ class LocalBackend:
                     yield info
 
     @contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+    def open_read(self, key: str) -> Iterator[io.BufferedReader]:
         with self.local_path(key).open("rb") as stream:
             yield stream
 

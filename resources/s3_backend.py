@@ -113,7 +113,7 @@ class S3Backend:
                 )
 
     @contextmanager
-    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+    def open_read(self, key: str) -> Iterator["io.BufferedReader[Any]"]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
         with io.BufferedReader(_BodyReader(body), buffer_size=1 << 20) as stream:
             yield stream
@@ -135,7 +135,7 @@ class S3Backend:
 
     def matches_file(self, local_path: Path, key: str) -> bool:
         head = self._head(key)
-        return bool(head) and head.get("Metadata", {}).get("sha256") == _sha256(local_path)
+        return head is not None and head.get("Metadata", {}).get("sha256") == _sha256(local_path)
 
     def delete_prefix(self, prefix: str) -> None:
         batch: list[dict[str, str]] = []

@@ -5,6 +5,7 @@ and ``work/<batch_id>/``. Keys are relative and ``/``-separated; a key that coul
 root (``..``, an absolute path, a NUL) is refused before any I/O.
 """
 
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -136,7 +137,7 @@ class BatchStorage(dg.ConfigurableResource):
         """Objects under the folder key ``prefix``, in key order, after ``start_after``."""
         return self.backend().list(check_key(prefix.rstrip("/")), start_after)
 
-    def open_read(self, key: str) -> AbstractContextManager[IO[bytes]]:
+    def open_read(self, key: str) -> AbstractContextManager[io.BufferedReader]:
         """A buffered binary stream (``readline``, ``peek``) over ``key``."""
         return self.backend().open_read(check_key(key))
 
