@@ -2,11 +2,13 @@
 
 import hashlib
 import time
+import uuid
 from typing import Any
 
 import msgspec
 
-from resources.layout import BatchPaths
+from batch_assets.file_objects import FileRecord, record_batch_file
+from resources.layout import OUTBOX, BatchPaths, FilePaths, api_queue_key, batch_json_owner
 from resources.storage import BatchStorage, ObjectInfo
 
 COMPLETION_WINDOW_S = 24 * 3600
@@ -31,14 +33,19 @@ def batch_id_for(info: ObjectInfo) -> str:
     return f"batch_{digest[:32]}"
 
 
-def new_batch_object(batch_id: str, input_key: str, created_at: int) -> dict[str, Any]:
-    paths = BatchPaths(batch_id)
+def new_batch_object(
+    batch_id: str,
+    input_file_id: str,
+    created_at: int,
+    metadata: dict[str, str] | None,
+    endpoint: str = "",
+) -> dict[str, Any]:
     return {
         "id": batch_id,
         "object": "batch",
-        "endpoint": "",
+        "endpoint": endpoint,
         "model": None,
-        "input_file_id": input_key,
+        "input_file_id": input_file_id,
         "completion_window": "24h",
         "status": "validating",
         "output_file_id": None,
@@ -55,7 +62,7 @@ def new_batch_object(batch_id: str, input_key: str, created_at: int) -> dict[str
         "cancelled_at": None,
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
         "usage": None,
-        "metadata": {"input": input_key, "outbox": paths.outbox},
+        "metadata": metadata,
     }
 
 
@@ -104,7 +111,39 @@ def register_batch(storage: BatchStorage, input_key: str, info: ObjectInfo | Non
         source = SourceRef(key=info.key, version=info.version, size=info.size)
         storage.write_bytes(paths.source, msgspec.json.encode(source))
     if not storage.exists(paths.batch_json):
-        storage.write_json(
-            paths.batch_json, new_batch_object(batch_id, input_key, int(time.time()))
-        )
+        file_id = record_batch_file(storage, batch_id, "input", input_key, info)
+        metadata = {"input": input_key, "outbox": paths.outbox}
+        batch = new_batch_object(batch_id, file_id, int(time.time()), metadata)
+        storage.write_json(paths.batch_json, batch)
     return batch_id
+
+
+def create_api_batch(
+    storage: BatchStorage, file: FileRecord, endpoint: str, metadata: dict[str, str] | None
+) -> dict[str, Any]:
+    """Record a batch over an uploaded file; the API sensor launches its run.
+
+    The upload is not copied: the batch's source is the file's own content. The queue entry
+    is written last, so the sensor never sees a batch that is not whole.
+    """
+    batch_id = f"batch_{uuid.uuid4().hex}"
+    paths = BatchPaths(batch_id)
+    info = storage.stat(file.content)
+    source = SourceRef(key=file.content, version=info.version, size=info.size)
+    storage.write_bytes(paths.source, msgspec.json.encode(source))
+    storage.write_bytes(FilePaths(file.id).reader(batch_id), b"")
+    batch = new_batch_object(batch_id, file.id, int(time.time()), metadata, endpoint)
+    storage.write_json(paths.batch_json, batch)
+    storage.write_json(api_queue_key(batch_id), {"input_file_id": file.id})
+    return batch
+
+
+def list_batches(storage: BatchStorage) -> list[dict[str, Any]]:
+    """Every batch.json of one project (or of a storage without projects), newest first."""
+    found = [
+        read_batch(storage, batch_id)
+        for info in storage.list(OUTBOX)
+        if (batch_id := batch_json_owner(info.key))
+    ]
+    found.sort(key=lambda batch: (batch.get("created_at") or 0, batch["id"]), reverse=True)
+    return found

@@ -4,6 +4,7 @@
     batch-infer status BATCH_ID [--storage ROOT] [--project NAME] [--json]
     batch-infer list [--storage ROOT] [--project NAME] [--limit N] [--json]
     batch-infer cancel BATCH_ID [--storage ROOT] [--project NAME] [--wait SECONDS]
+    batch-infer serve [--host 127.0.0.1] [--port 8000] [--storage ROOT]
 
 ``run`` puts the file through the very assets the sensors run (a local Dagster instance),
 with a progress bar, then prints the batch id, counts, usage and the three result paths.
@@ -11,7 +12,8 @@ Dagster's and vLLM's logs go to a log file in the batch's work area (``--verbose
 them here too). Run again on the same file, it resumes the same batch; a finished batch is
 not computed again. ``cancel`` asks a batch to stop (a run in progress anywhere stops within
 seconds and keeps its finished lines); if no run finishes the cancellation within
-``--wait`` seconds, it publishes the results itself.
+``--wait`` seconds, it publishes the results itself. ``serve`` answers OpenAI's Files and
+Batches routes over the same storage (API keys from BATCH_API_KEYS or BATCH_API_KEYS_FILE).
 """
 
 import argparse
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch_assets.batch_object import (
     TERMINAL_STATUSES,
+    list_batches,
     read_batch,
     register_batch,
     root_cause_message,
@@ -44,9 +47,7 @@ from resources.layout import (
     CLI_DAGSTER_HOME,
     INBOX,
     INPUT_TAG,
-    OUTBOX,
     BatchPaths,
-    batch_json_owner,
     inbox_key,
 )
 from resources.storage import BatchStorage
@@ -288,19 +289,11 @@ def _command_status(args: argparse.Namespace, storage: BatchStorage) -> int:
     return 0
 
 
-def list_batches(storage: BatchStorage) -> list[tuple[str | None, dict[str, Any]]]:
-    """``(project, batch.json)`` of every batch in the storage, newest first."""
-    found = []
-    for project, tenant in storage.tenants():
-        for info in tenant.list(OUTBOX):
-            if batch_id := batch_json_owner(info.key):
-                found.append((project, read_batch(tenant, batch_id)))
-    found.sort(key=lambda item: (item[1].get("created_at") or 0, item[1]["id"]), reverse=True)
-    return found
-
-
 def _command_list(args: argparse.Namespace, storage: BatchStorage) -> int:
-    batches = list_batches(storage)
+    batches = [
+        (project, batch) for project, tenant in storage.tenants() for batch in list_batches(tenant)
+    ]
+    batches.sort(key=lambda item: (item[1].get("created_at") or 0, item[1]["id"]), reverse=True)
     shown = batches[: args.limit] if args.limit else batches
     if args.json:
         data = [{**batch, "project": project} for project, batch in shown]
@@ -340,6 +333,16 @@ def _command_cancel(args: argparse.Namespace, storage: BatchStorage) -> int:
     batch = cancel_batch(args.batch_id, storage, engine, project=project, wait_s=args.wait)
     _print_summary(tenant, batch)
     return 0 if batch["status"] == "cancelled" else 1
+
+
+def _command_serve(args: argparse.Namespace, storage: BatchStorage) -> int:
+    from api.server import ServeRefused, serve
+
+    try:
+        serve(storage, args.host, args.port, args.max_file_bytes)
+    except ServeRefused as refused:
+        raise _UsageError(str(refused)) from refused
+    return 0
 
 
 class _UsageError(Exception):
@@ -410,10 +413,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to let a running batch stop by itself before publishing here",
     )
+    server = commands.add_parser(
+        "serve",
+        help="OpenAI's Files and Batches HTTP API over the storage",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    server.add_argument(
+        "--storage",
+        default=None,
+        help="storage root: a folder or s3://bucket/prefix (env BATCH_STORAGE; default ./data); "
+        "projects come from env BATCH_PROJECTS",
+    )
+    server.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=8 << 30,
+        help="largest upload accepted; larger ones get 413 (default 8 GiB)",
+    )
+    server.set_defaults(project=None)
     return parser
 
 
 COMMANDS = {
+    "serve": _command_serve,
     "run": _command_run,
     "status": _command_status,
     "list": _command_list,

@@ -3,7 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
-from batch_assets.batch_object import fail_batch, read_source, update_batch
+from batch_assets.batch_object import fail_batch, read_batch, read_source, update_batch
+from batch_assets.file_objects import set_file_status
 from batch_assets.manifest import Manifest, manifest_or_fail
 from batch_assets.partitions import batch_partitions, open_batch
 from batch_assets.validation import FileRejected, Limits, save_manifest, validate_input
@@ -62,15 +63,21 @@ def batch_input(
         config.shard_rows,
         config.order_by_prefix,
     )
+    batch = read_batch(storage, batch_id)
+    served = set(engine.served_model_names)
     try:
-        report = validate_input(storage, source.key, paths, set(engine.served_model_names), limits)
+        report = validate_input(
+            storage, source.key, paths, served, limits, batch["endpoint"] or None
+        )
     except FileRejected as rejected:
         fail_batch(storage, batch_id, rejected.code, rejected.message, rejected.line)
+        set_file_status(storage, batch["input_file_id"], "error", rejected.message)
         raise dg.Failure(
             description=f"batch {batch_id} failed validation: {rejected.message}",
             metadata={"code": rejected.code, "input": source.key},
         ) from rejected
     manifest = save_manifest(storage, paths, source, report)
+    set_file_status(storage, batch["input_file_id"], "processed")
     update_batch(
         storage,
         batch_id,

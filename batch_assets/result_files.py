@@ -10,6 +10,7 @@ import dagster as dg
 
 from batch_assets.batch_object import read_batch, update_batch
 from batch_assets.cancellation import CANCELLED, cancel_requested, mark_cancelling
+from batch_assets.file_objects import record_batch_file
 from batch_assets.inference_loop import dumps, response_id
 from batch_assets.inference_run import batch_inference
 from batch_assets.journal import JournalIndex, JournalRecord
@@ -188,8 +189,8 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
         status=status,
         request_counts=counts,
         usage=usage,
-        output_file_id=paths.output,
-        error_file_id=paths.errors,
+        output_file_id=record_batch_file(storage, batch_id, "output", paths.output),
+        error_file_id=record_batch_file(storage, batch_id, "errors", paths.errors),
     )
     return dg.MaterializeResult(
         metadata={

@@ -60,9 +60,10 @@ class ValidationReport:
 class LineValidator:
     """Decide, line by line, whether a line becomes a request (duplicates aside)."""
 
-    def __init__(self, served_models: set[str]):
+    def __init__(self, served_models: set[str], endpoint: str | None = None):
         self.served_models = served_models
-        self.endpoint: str | None = None
+        self.endpoint = endpoint  # declared by the batch (the HTTP API), or the first request's
+        self._declared = endpoint is not None
 
     def check(self, number: int, content: bytes) -> ValidLine | LineError:
         try:
@@ -104,7 +105,11 @@ class LineValidator:
                 number,
                 "url_mismatch",
                 f"url {request.url!r} differs from the batch's endpoint {self.endpoint!r} "
-                "(set by the first request)",
+                + (
+                    "(set when the batch was created)"
+                    if self._declared
+                    else "(set by the first request)"
+                ),
                 cid,
             )
         try:
@@ -139,12 +144,17 @@ def validate_input(
     paths: BatchPaths,
     served_models: set[str],
     limits: Limits,
+    endpoint: str | None = None,
 ) -> ValidationReport:
-    """Validate ``input_key`` into request shards and line-error parts under ``paths.work``."""
+    """Validate ``input_key`` into request shards and line-error parts under ``paths.work``.
+
+    ``endpoint`` is the batch's, when it was declared (a batch of the HTTP API); otherwise
+    the first request sets it.
+    """
     storage.delete_prefix(paths.shards)
     storage.delete_prefix(paths.line_errors)
     report = ValidationReport()
-    validator = LineValidator(served_models)
+    validator = LineValidator(served_models, endpoint)
     chunks = ChunkWriter(storage, paths, limits.shard_rows, limits.order_by_prefix)
     with open_input(storage, input_key, limits.max_file_bytes) as stream:
         for number, content in iter_raw_lines(stream, limits.max_line_bytes):

@@ -13,10 +13,10 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[$EXTRA,dev,bench]"
+.venv/bin/python -m pip install -qq --upgrade pip
+.venv/bin/python -m pip install -qq -e ".[$EXTRA,dev,bench]"
 if [ "$EXTRA" = "cpu" ]; then
-  .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
+  .venv/bin/python -m pip uninstall -qq -y torchvision torchaudio torchcodec triton || true
 fi
 .venv/bin/python -c "import vllm, dagster, polars; print('vllm', vllm.__version__, 'dagster', dagster.__version__)"
 rm -f .venv/.installed-*

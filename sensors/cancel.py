@@ -13,8 +13,8 @@ import dagster as dg
 from batch_assets.batch_object import TERMINAL_STATUSES
 from batch_assets.cancellation import mark_cancelling, request_cancel
 from batch_assets.jobs import batch_job, cancel_job, preview_job
-from batch_assets.partitions import open_batch, partition_key
-from resources.layout import CANCEL, PARTITION_TAG, BatchPaths, batch_id_of
+from batch_assets.partitions import BATCH_PARTITIONS, open_batch, partition_key
+from resources.layout import CANCEL, PARTITION_TAG, BatchPaths, api_queue_key, batch_id_of
 from resources.storage import BatchStorage
 
 _WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
@@ -53,6 +53,10 @@ def cancel_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage):
                 tenant.delete(info.key)  # done with (or too late): the request is consumed
                 continue
             key = partition_key(project, batch_id)
+            if tenant.exists(
+                api_queue_key(batch_id)
+            ) and not context.instance.has_dynamic_partition(BATCH_PARTITIONS, key):
+                continue  # an API batch not yet registered: api_batch_sensor registers it
             runs = [
                 run
                 for run in context.instance.get_runs(

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from sensors.api_batches import api_batch_sensor
 from sensors.cancel import cancel_sensor, terminated_run_sensor
 from sensors.inbox import inbox_sensor
 from sensors.orphaned_runs import orphaned_run_sensor
@@ -11,6 +12,7 @@ from sensors.run_status import batch_failure_sensor
 defs = dg.Definitions(
     sensors=[
         inbox_sensor,
+        api_batch_sensor,
         cancel_sensor,
         terminated_run_sensor,
         batch_failure_sensor,

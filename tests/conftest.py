@@ -22,6 +22,7 @@ from make_tiny_model import ensure  # noqa: E402
 
 from batch_assets.batch_object import BatchPaths  # noqa: E402
 from batch_assets.cli import run_file  # noqa: E402
+from batch_assets.file_objects import read_file_record  # noqa: E402
 from resources.storage import BatchStorage  # noqa: E402
 from resources.vllm_engine import VLLMEngine  # noqa: E402
 
@@ -102,6 +103,13 @@ class BatchRun:
 
     def error_at(self, line: int) -> dict[str, Any]:
         return next(e for e in self.errors if e["error"] and e["error"]["line"] == line)
+
+
+def result_key(storage: BatchStorage, file_id: str) -> str:
+    """The storage key behind a batch's output_file_id or error_file_id (a file of the API)."""
+    record = read_file_record(storage, file_id)
+    assert record is not None, f"no file record for {file_id}"
+    return record.content
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

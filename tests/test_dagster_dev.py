@@ -15,7 +15,7 @@ import openai.types as oa
 import pytest
 
 from resources.storage import BatchStorage
-from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line
+from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line, result_key
 from tests.dagster_dev import DagsterDev, wait_for_batches
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,8 @@ def _run_uploads(
             oa.Batch.model_validate(batch)
             assert batch["status"] == "completed", json.dumps(batch)
             assert batch["request_counts"] == {"total": 13, "completed": 12, "failed": 1}
-            output = storage.read_bytes(batch["output_file_id"]).decode().splitlines()
+            output_key = result_key(storage, batch["output_file_id"])
+            output = storage.read_bytes(output_key).decode().splitlines()
             assert len(output) == 12
         time.sleep(25)  # two more sensor ticks: the same uploads must not run again
         runs = dev.runs()

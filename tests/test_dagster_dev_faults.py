@@ -18,7 +18,14 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from resources.storage import BatchStorage
-from tests.conftest import MODEL_NAME, ROOT, chat_requests, read_jsonl, request_ids
+from tests.conftest import (
+    MODEL_NAME,
+    ROOT,
+    chat_requests,
+    read_jsonl,
+    request_ids,
+    result_key,
+)
 from tests.dagster_dev import DagsterDev, wait_for_batches
 
 pytestmark = pytest.mark.slow
@@ -99,7 +106,7 @@ def test_a_killed_run_retries_and_a_crashed_dagster_dev_finishes_the_batch(tiny_
         dev.stop()
 
     assert oa.Batch.model_validate(batch).status == "completed", batch
-    output = read_jsonl(root / batch["output_file_id"])
+    output = read_jsonl(root / result_key(storage, batch["output_file_id"]))
     assert sorted(line["custom_id"] for line in output) == sorted(ids)  # each exactly once
     segments = [
         {int(raw.split(b"\t", 1)[0]) for raw in path.read_bytes().splitlines(keepends=True)}
@@ -149,8 +156,8 @@ def test_a_terminated_run_and_a_cancel_request_cancel_their_batches(tiny_model, 
     for run in (running, queued):
         batch = oa.Batch.model_validate(by_input[run.tags["batch/input"]])
         assert batch.cancelling_at and batch.cancelled_at
-        output = read_jsonl(root / batch.output_file_id)
-        errors = read_jsonl(root / batch.error_file_id)
+        output = read_jsonl(root / result_key(storage, batch.output_file_id))
+        errors = read_jsonl(root / result_key(storage, batch.error_file_id))
         assert {e["error"]["code"] for e in errors} <= {"batch_cancelled"}
         name = run.tags["batch/input"].removeprefix("inbox/").removesuffix(".jsonl")
         assert sorted(line["custom_id"] for line in output + errors) == sorted(ids[name])

@@ -23,6 +23,7 @@ def test_definitions_load_with_the_batch_graph():
     assert set(defs.resources) == {"storage", "engine"}
     assert {s.name for s in defs.sensors} == {
         "inbox_sensor",
+        "api_batch_sensor",
         "cancel_sensor",
         "terminated_run_sensor",
         "batch_failure_sensor",

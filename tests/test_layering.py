@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("resources", "batch_assets", "sensors", "benchmarks")
+PACKAGES = ("resources", "batch_assets", "sensors", "api", "benchmarks")
 LAYOUT = ROOT / "resources" / "layout.py"
 # Modules of batch_assets that define assets: sensors may name their jobs, not their innards.
 ASSET_MODULES = {
@@ -58,6 +58,21 @@ def test_resources_import_neither_assets_nor_sensors():
     assert _offences(("resources",), lambda _, m: _under(m, "batch_assets", "sensors")) == []
 
 
+def test_nothing_below_the_api_imports_it():
+    """Only the CLI's ``serve`` command starts the API (lazily)."""
+    offences = _offences(
+        ("resources", "batch_assets", "sensors"),
+        lambda p, m: p.name != "cli.py" and _under(m, "api"),
+    )
+    assert offences == []
+
+
+def test_the_api_loads_neither_the_sensors_nor_the_assets():
+    """A replica of the API holds no Dagster definitions: it reads and writes the storage."""
+    heavy = ("sensors", "batch_assets.definitions", "batch_assets.jobs", *ASSET_MODULES)
+    assert _offences(("api",), lambda _, m: _under(m, *heavy)) == []
+
+
 def test_assets_do_not_import_sensors():
     """Only the code location module, which puts assets and sensors together, imports both."""
     offences = _offences(
@@ -91,7 +106,7 @@ def test_the_cli_does_not_load_the_code_location():
 
 
 # What a layout literal looks like: a storage key or prefix, or one of the project's run tags.
-_TOP_LEVEL = {"inbox", "outbox", "work", ".dagster", "inbox/overnight"}
+_TOP_LEVEL = {"inbox", "outbox", "work", "files", ".dagster", "inbox/overnight"}
 _SEGMENTS = {
     "inbox",
     "outbox",
@@ -109,6 +124,11 @@ _SEGMENTS = {
     "preview.jsonl",
     "manifest.json",
     "source.json",
+    "files",
+    "file.json",
+    "content",
+    "readers",
+    "idempotency",
 }
 _TAG = re.compile(r"(batch|dagster)/[a-z_]+")
 

@@ -9,7 +9,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from resources.vllm_engine import VLLMEngine
-from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, chat_body, request_line
+from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, chat_body, request_line, result_key
 
 
 def _check_batch_object(run, total: int, completed: int, failed: int) -> None:
@@ -21,8 +21,10 @@ def _check_batch_object(run, total: int, completed: int, failed: int) -> None:
         "failed": failed,
     }
     assert batch.metadata["input"] == "inbox/batch.jsonl"
-    assert batch.output_file_id.endswith("/output.jsonl")
-    assert batch.error_file_id.endswith("/errors.jsonl")
+    # Result files are files of the Files API: opaque ids whose records name the outbox files.
+    assert batch.output_file_id.startswith("file-") and batch.error_file_id.startswith("file-")
+    assert result_key(run.storage, batch.output_file_id).endswith("/output.jsonl")
+    assert result_key(run.storage, batch.error_file_id).endswith("/errors.jsonl")
     assert batch.created_at <= batch.in_progress_at <= batch.finalizing_at <= batch.completed_at
     bodies = [line["response"]["body"] for line in run.output]
     assert batch.usage.input_tokens == sum(b["usage"]["prompt_tokens"] for b in bodies)

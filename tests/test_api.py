@@ -1,0 +1,402 @@
+"""The Files and Batches HTTP API, driven by the official `openai` SDK over real HTTP.
+
+These need no engine and no Dagster: they check what the API itself answers (the SDK's types,
+OpenAI's error envelope, keys and projects, uploads); the end-to-end tests with `dagster dev`
+are in test_api_dagster.py.
+"""
+
+import asyncio
+import io
+import socket
+import urllib.parse
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch, FileObject
+
+from api.keys import KeyRing, digest
+from api.server import ServeRefused, check_settings
+from batch_assets.batch_object import register_batch, update_batch
+from batch_assets.file_objects import read_file_record
+from resources.layout import FILES, FilePaths
+from resources.storage import BatchStorage
+from tests.api_server import api_server
+from tests.conftest import chat_requests
+
+CHAT = "/v1/chat/completions"
+
+
+def client(base_url: str, key: str = "unused", **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=key,
+        max_retries=0,
+        _strict_response_validation=True,
+        **kwargs,
+    )
+
+
+def upload(sdk: openai.OpenAI, content: bytes, name: str = "requests.jsonl") -> FileObject:
+    return sdk.files.create(file=(name, io.BytesIO(content)), purpose="batch")
+
+
+@pytest.fixture
+def storage(tmp_path) -> BatchStorage:
+    return BatchStorage(root=str(tmp_path / "storage"))
+
+
+@pytest.fixture
+def api(storage):
+    with api_server(storage) as base_url:
+        yield base_url
+
+
+def _stored_keys(storage: BatchStorage) -> list[str]:
+    return [info.key for info in storage.list(FILES)]
+
+
+def test_upload_list_retrieve_and_download_with_the_sdk(api, storage):
+    sdk = client(api)
+    content = chat_requests("u", 5).encode()
+    created = upload(sdk, content)
+    assert created.id.startswith("file-") and created.status == "uploaded"
+    assert (created.bytes, created.filename, created.purpose) == (
+        len(content),
+        "requests.jsonl",
+        "batch",
+    )
+    assert sdk.files.retrieve(created.id) == created
+    assert [f.id for f in sdk.files.list()] == [created.id]
+    assert sdk.files.content(created.id).read() == content
+    record = read_file_record(storage, created.id)
+    assert record is not None and record.content == FilePaths(created.id).content
+
+
+def test_a_batch_is_created_over_the_upload_without_a_copy(api, storage):
+    sdk = client(api)
+    file = upload(sdk, chat_requests("b", 3).encode())
+    batch = sdk.batches.create(
+        input_file_id=file.id, endpoint=CHAT, completion_window="24h", metadata={"team": "ml"}
+    )
+    assert batch.id.startswith("batch_") and batch.status == "validating"
+    assert (batch.input_file_id, batch.endpoint, batch.metadata) == (file.id, CHAT, {"team": "ml"})
+    assert sdk.batches.retrieve(batch.id) == batch
+    assert [b.id for b in sdk.batches.list()] == [batch.id]
+    # The batch reads the upload where it lies: one copy of the bytes in the storage.
+    contents = [key for key in _stored_keys(storage) if key.endswith("/content")]
+    assert contents == [FilePaths(file.id).content]
+
+
+def test_every_answer_has_a_request_id_and_4xx_are_not_retried(api):
+    with httpx.Client(base_url=api) as http:
+        ok = http.get("/files")
+        missing = http.get("/batches/batch_nope")
+    assert ok.status_code == 200 and ok.headers["x-request-id"].startswith("req_")
+    assert missing.status_code == 404 and missing.headers["x-request-id"]
+    assert missing.headers["x-should-retry"] == "false"
+    error = missing.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and isinstance(error["code"], str)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"endpoint": "/v1/moderations"}, "endpoint"),
+        ({"completion_window": "48h"}, "completion_window"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata"),
+    ],
+)
+def test_bad_batch_fields_are_400_naming_the_field(api, fields, param):
+    sdk = client(api)
+    file = upload(sdk, chat_requests("x", 1).encode())
+    params = {"input_file_id": file.id, "endpoint": CHAT, "completion_window": "24h", **fields}
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.batches.create(**params)
+    assert raised.value.status_code == 400
+    assert raised.value.body["param"] == param
+    assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+def test_a_missing_field_is_400_not_422(api):
+    with httpx.Client(base_url=api) as http:
+        answer = http.post("/batches", json={"endpoint": CHAT, "completion_window": "24h"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "input_file_id"
+
+
+def test_unknown_or_wrong_purpose_input_files(api, storage):
+    sdk = client(api)
+    with pytest.raises(openai.NotFoundError):
+        sdk.batches.create(input_file_id="file-nope", endpoint=CHAT, completion_window="24h")
+    # A batch's own output file (purpose batch_output) is not an input.
+    storage.write_bytes("inbox/done.jsonl", chat_requests("d", 1).encode())
+    batch_id = register_batch(storage, "inbox/done.jsonl")
+    from batch_assets.file_objects import record_batch_file
+
+    storage.write_bytes(f"outbox/{batch_id}/output.jsonl", b"")
+    output_id = record_batch_file(storage, batch_id, "output", f"outbox/{batch_id}/output.jsonl")
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.batches.create(input_file_id=output_id, endpoint=CHAT, completion_window="24h")
+    assert raised.value.body["param"] == "input_file_id"
+
+
+def test_uploads_of_another_purpose_or_without_a_file_are_refused_and_leave_nothing(api, storage):
+    sdk = client(api)
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+    assert raised.value.body["param"] == "purpose"
+    with httpx.Client(base_url=api) as http:
+        answer = http.post("/files", data={"purpose": "batch"}, files={"other": ("a", b"x")})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "file"
+    assert _stored_keys(storage) == []
+
+
+def test_an_upload_over_the_limit_is_413_and_leaves_nothing(storage):
+    with api_server(storage, max_file_bytes=1 << 20) as base_url:
+        sdk = client(base_url)
+        with pytest.raises(openai.APIStatusError) as raised:
+            upload(sdk, b"x" * (3 << 20))
+        assert raised.value.status_code == 413
+        assert raised.value.body["code"] == "file_too_large"
+        assert sdk.files.list().data == []
+    assert _stored_keys(storage) == []
+    spool = storage.local_path(".tmp")
+    assert spool is None or not spool.exists() or list(spool.iterdir()) == []
+
+
+def test_a_file_name_with_folders_or_control_characters_is_stored_safely(api, storage):
+    sdk = client(api)
+    created = upload(sdk, b'{"a": 1}\n', name="../../etc/passwd.jsonl")
+    assert created.filename == "passwd.jsonl"
+    # Raw bytes in the header (the SDK would percent-encode them): control characters go.
+    boundary = "rawname"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="..\\..\\x\x01y\x1bz.jsonl"\r\n\r\n{}\n\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    with httpx.Client(base_url=api) as http:
+        raw = http.post(
+            "/files",
+            content=body,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        ).json()
+    assert raw["filename"] == "xyz.jsonl"
+    ids = [created.id, raw["id"]]
+    expected = sorted(key for i in ids for key in (FilePaths(i).content, FilePaths(i).record))
+    assert sorted(_stored_keys(storage)) == expected
+    assert not (storage.local_path("etc") or storage.local_path("inbox")).exists()
+
+
+def test_an_upload_cut_off_mid_stream_leaves_no_file(api, storage):
+    url = urllib.parse.urlsplit(api)
+    boundary = "cutoffboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    body = head + b"x" * 200_000
+    request = (
+        f"POST /v1/files HTTP/1.1\r\nHost: {url.hostname}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body) + 10_000_000}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(request + body)  # far less than the announced length, then gone
+    sdk = client(api)
+    assert sdk.files.list().data == []
+    # And a body that ends without its closing boundary is refused the same way.
+    with httpx.Client(base_url=api) as http:
+        answer = http.post(
+            "/files",
+            content=head + b"y" * 1000,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert answer.status_code == 400
+    assert sdk.files.list().data == []
+    assert _stored_keys(storage) == []
+
+
+def test_lists_page_with_the_sdk_newest_first(api, storage):
+    sdk = client(api)
+    files = [upload(sdk, chat_requests(f"p{i}", 1).encode(), f"f{i}.jsonl") for i in range(5)]
+    batches = [
+        sdk.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+        for f in files
+        for _ in range(2)
+    ]
+    for n, batch in enumerate(batches):  # distinct creation times, the last newest
+        update_batch(storage, batch.id, created_at=1_800_000_000 + n)
+    page = sdk.batches.list(limit=3)
+    assert len(page.data) == 3 and page.has_more
+    listed = [b.id for b in sdk.batches.list(limit=3)]  # auto-pagination over 4 pages
+    assert listed == [b.id for b in reversed(batches)]
+    files_listed = [f.id for f in sdk.files.list(limit=2, order="asc")]
+    assert sorted(files_listed) == sorted(f.id for f in files) and len(files_listed) == 5
+    with pytest.raises(openai.BadRequestError):
+        sdk.batches.list(after="batch_unknown")
+
+
+def test_cancel_is_idempotent_and_409_on_a_finished_batch(api, storage):
+    sdk = client(api)
+    file = upload(sdk, chat_requests("c", 2).encode())
+    first = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    assert sdk.batches.cancel(first.id).status == "cancelling"
+    assert sdk.batches.cancel(first.id).status == "cancelling"
+    update_batch(storage, first.id, status="cancelled")
+    assert sdk.batches.cancel(first.id).status == "cancelled"
+    second = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    update_batch(storage, second.id, status="completed")
+    with pytest.raises(openai.ConflictError) as raised:
+        sdk.batches.cancel(second.id)
+    assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+def test_a_file_read_by_an_active_batch_cannot_be_deleted(api, storage):
+    sdk = client(api)
+    file = upload(sdk, chat_requests("del", 2).encode())
+    batch = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    with pytest.raises(openai.ConflictError):
+        sdk.files.delete(file.id)
+    update_batch(storage, batch.id, status="completed")
+    deleted = sdk.files.delete(file.id)
+    assert (deleted.id, deleted.deleted) == (file.id, True)
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(file.id)
+    assert _stored_keys(storage) == []
+
+
+def test_an_idempotency_key_returns_the_first_answer(api, storage):
+    sdk = client(api)
+    once = {"Idempotency-Key": "upload-1"}
+    first = sdk.files.create(file=("a.jsonl", b"{}\n"), purpose="batch", extra_headers=once)
+    again = sdk.files.create(file=("a.jsonl", b"{}\n"), purpose="batch", extra_headers=once)
+    assert again.id == first.id and len(sdk.files.list().data) == 1
+    params = {"input_file_id": first.id, "endpoint": CHAT, "completion_window": "24h"}
+    made = sdk.batches.create(**params, extra_headers={"Idempotency-Key": "create-1"})
+    repeat = sdk.batches.create(**params, extra_headers={"Idempotency-Key": "create-1"})
+    other = sdk.batches.create(**params, extra_headers={"Idempotency-Key": "create-2"})
+    assert repeat.id == made.id != other.id
+    assert len(sdk.batches.list().data) == 2
+
+
+def test_dozens_of_concurrent_uploads_and_creates_lose_and_duplicate_nothing(api):
+    async def run() -> tuple[list[FileObject], list[Batch]]:
+        sdk = openai.AsyncOpenAI(
+            base_url=api, api_key="unused", max_retries=0, _strict_response_validation=True
+        )
+        files = await asyncio.gather(
+            *[
+                sdk.files.create(
+                    file=(f"c{i}.jsonl", chat_requests(f"c{i}", 3).encode()), purpose="batch"
+                )
+                for i in range(40)
+            ]
+        )
+        batches = await asyncio.gather(
+            *[
+                sdk.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+                for f in files
+            ]
+        )
+        listed_files = [f async for f in sdk.files.list(limit=7)]
+        listed_batches = [b async for b in sdk.batches.list(limit=7)]
+        assert sorted(f.id for f in listed_files) == sorted(f.id for f in files)
+        assert sorted(b.id for b in listed_batches) == sorted(b.id for b in batches)
+        contents = await asyncio.gather(*[sdk.files.content(f.id) for f in files[:5]])
+        for i, content in enumerate(contents):
+            assert content.read() == chat_requests(f"c{i}", 3).encode()
+        await sdk.close()
+        return files, batches
+
+    files, batches = asyncio.run(run())
+    assert len({f.id for f in files}) == 40 and len({b.id for b in batches}) == 40
+
+
+def test_keys_reach_only_their_project_and_404_elsewhere(tmp_path):
+    storage = BatchStorage(root=str(tmp_path / "s"), projects=["team-a", "team-b"])
+    with api_server(storage, keys="team-a:key-a,team-b:key-b") as base_url:
+        a, b = client(base_url, "key-a"), client(base_url, "key-b")
+        file_a = upload(a, chat_requests("a", 1).encode())
+        batch_a = a.batches.create(input_file_id=file_a.id, endpoint=CHAT, completion_window="24h")
+        file_b = upload(b, chat_requests("b", 1).encode())
+        for call in (
+            lambda: b.files.retrieve(file_a.id),
+            lambda: b.files.content(file_a.id),
+            lambda: b.files.delete(file_a.id),
+            lambda: b.batches.retrieve(batch_a.id),
+            lambda: b.batches.cancel(batch_a.id),
+            lambda: b.batches.create(
+                input_file_id=file_a.id, endpoint=CHAT, completion_window="24h"
+            ),
+            lambda: a.files.retrieve(file_b.id),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        assert [f.id for f in b.files.list()] == [file_b.id]
+        assert b.batches.list().data == []
+        assert [x.id for x in a.batches.list()] == [batch_a.id]
+        # Each project's objects lie under its own root.
+        assert storage.for_project("team-a").exists(FilePaths(file_a.id).record)
+        assert not storage.for_project("team-b").exists(FilePaths(file_a.id).record)
+        with pytest.raises(openai.AuthenticationError):
+            client(base_url, "key-c").files.list()
+        with httpx.Client(base_url=base_url) as http:
+            no_key = http.get("/files")
+        assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "missing_api_key"
+        # The SDK's OpenAI-Project header must match the key's project.
+        with pytest.raises(openai.AuthenticationError):
+            client(base_url, "key-a", project="team-b").files.list()
+        assert client(base_url, "key-a", project="team-a").files.list().data
+        # ZeroGPU's headers work too.
+        with httpx.Client(base_url=base_url) as http:
+            answer = http.get("/files", headers={"x-api-key": "key-b", "x-project-id": "team-b"})
+            assert [f["id"] for f in answer.json()["data"]] == [file_b.id]
+            wrong = http.get("/files", headers={"x-api-key": "key-b", "x-project-id": "team-a"})
+            assert wrong.status_code == 401
+
+
+def test_an_inbox_batch_is_visible_and_downloadable_through_its_projects_api(storage, api):
+    content = chat_requests("inbox", 2).encode()
+    storage.write_bytes("inbox/dropped.jsonl", content)
+    batch_id = register_batch(storage, "inbox/dropped.jsonl")
+    sdk = client(api)
+    batch = sdk.batches.retrieve(batch_id)
+    assert batch.input_file_id.startswith("file-")
+    assert sdk.files.content(batch.input_file_id).read() == content
+
+
+def test_several_replicas_over_one_storage_agree(storage):
+    with api_server(storage) as first, api_server(storage) as second:
+        file = upload(client(first), chat_requests("r", 1).encode())
+        batch = client(second).batches.create(
+            input_file_id=file.id, endpoint=CHAT, completion_window="24h"
+        )
+        assert client(first).batches.retrieve(batch.id).id == batch.id
+
+
+def test_the_server_refuses_an_open_port_without_keys_and_unknown_projects():
+    plain = BatchStorage(root="unused")
+    check_settings(plain, KeyRing.parse(""), "127.0.0.1")
+    with pytest.raises(ServeRefused, match="without API keys"):
+        check_settings(plain, KeyRing.parse(""), "0.0.0.0")
+    check_settings(plain, KeyRing.parse("secret"), "0.0.0.0")
+    split = BatchStorage(root="unused", projects=["team-a"])
+    with pytest.raises(ServeRefused):
+        check_settings(split, KeyRing.parse(""), "127.0.0.1")
+    with pytest.raises(ServeRefused, match="team-z"):
+        check_settings(split, KeyRing.parse("team-z:k"), "127.0.0.1")
+
+
+def test_a_keys_file_holds_hashes_only(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# deploy keys\nteam-a:{digest('secret-a').hex()}\n")
+    ring = KeyRing.parse("", str(keys_file))
+    assert ring.project_of("secret-a") == (True, "team-a")
+    assert ring.project_of("secret-b") == (False, None)
+    assert "secret-a" not in keys_file.read_text()
