@@ -30,7 +30,10 @@ lint: install
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 
+# dagster dev on 127.0.0.1:3000 and, beside it, the HTTP API on 127.0.0.1:8000 (stopped with it).
 dev: model
 	mkdir -p dagster_home
-	DAGSTER_HOME=$(CURDIR)/dagster_home BATCH_SERVED_MODEL_NAME=$${BATCH_SERVED_MODEL_NAME:-tiny-chat} \
-		$(VENV)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	export DAGSTER_HOME=$(CURDIR)/dagster_home BATCH_SERVED_MODEL_NAME=$${BATCH_SERVED_MODEL_NAME:-tiny-chat}; \
+	$(VENV)/batch-infer serve --host 127.0.0.1 --port $${BATCH_API_PORT:-8000} & api=$$!; \
+	trap 'kill $$api 2>/dev/null' EXIT INT TERM; \
+	$(VENV)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
