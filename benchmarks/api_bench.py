@@ -15,8 +15,9 @@ import asyncio
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def _serve(storage: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     base = f"http://127.0.0.1:{port}/v1"
     for _ in range(300):
         try:
-            httpx.get(f"{base}/files", timeout=1)
+            httpx.get(f"http://127.0.0.1:{port}/v1/files", timeout=1)
             return process, base
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -143,22 +144,41 @@ def batch_reads(work: Path, clients: int, seconds: float) -> dict[str, Any]:
         process.wait()
 
 
+def _dagster_dev(home: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``dagster dev`` with the shipped instance in ``home``, once it answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    port = _free_port()
+    command = [str(ROOT / ".venv" / "bin" / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml")]
+    process = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for _ in range(240):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("dagster dev did not start")
+
+
 def create_to_run(work: Path, batches: int = 3) -> dict[str, Any]:
     import dagster as dg
 
-    sys.path.insert(0, str(ROOT))
-    from tests.dagster_dev import DagsterDev
-
-    storage = work / "storage-e2e"
+    storage, home = work / "storage-e2e", work / "home"
     env = {
         "BATCH_STORAGE": str(storage),
         "BATCH_MODEL": str(TINY_MODEL),
         "BATCH_SERVED_MODEL_NAME": "bench",
     }
     process, base = _serve(storage, env)
-    dev = DagsterDev(work / "home", env)
+    dev = _dagster_dev(home, env)
     try:
-        dev.wait_ready()
         time.sleep(15)  # the daemon's first sensor ticks
         sdk = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
         to_start, to_progress = [], []
@@ -171,7 +191,7 @@ def create_to_run(work: Path, batches: int = 3) -> dict[str, Any]:
             while sdk.batches.retrieve(batch.id).status == "validating":
                 time.sleep(0.1)
             to_progress.append(time.time() - created_at)
-            with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+            with dg.DagsterInstance.from_config(str(home)) as instance:
                 records = instance.get_run_records(dg.RunsFilter(tags={PARTITION_TAG: batch.id}))
             to_start.append(records[0].start_time - created_at if records[0].start_time else None)
             while sdk.batches.retrieve(batch.id).status not in ("completed", "failed"):
@@ -183,7 +203,8 @@ def create_to_run(work: Path, batches: int = 3) -> dict[str, Any]:
     finally:
         process.terminate()
         process.wait()
-        dev.stop()
+        os.killpg(dev.pid, signal.SIGTERM)
+        dev.wait(timeout=120)
 
 
 def main() -> None:
