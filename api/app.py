@@ -91,15 +91,26 @@ def _file_body(record: FileRecord) -> dict[str, Any]:
 
 
 def _page(
-    items: list[Any], ident: Callable[[Any], str], after: str | None, limit: int
-) -> tuple[list[Any], bool]:
-    """The ``limit`` items after the one whose id is ``after``, and whether more follow."""
+    items: list[Any],
+    ident: Callable[[Any], str],
+    body: Callable[[Any], dict[str, Any]],
+    after: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """OpenAI's list of the ``limit`` items after the one whose id is ``after``."""
     if after is not None:
         ids = [ident(item) for item in items]
         if after not in ids:
             raise bad_request(f"after: no object {after!r} in this list", "after")
         items = items[ids.index(after) + 1 :]
-    return items[:limit], len(items) > limit
+    data = [body(item) for item in items[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(items) > limit,
+    }
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
@@ -240,15 +251,7 @@ def create_app(settings: APISettings) -> FastAPI:
             if (purpose is None or r.purpose == purpose) and not r.expired(now)
         ]
         records.sort(key=lambda r: (r.created_at, r.id), reverse=order == "desc")
-        page, more = _page(records, lambda r: r.id, after, limit)
-        data = [_file_body(r) for r in page]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
+        return _page(records, lambda r: r.id, _file_body, after, limit)
 
     @app.get("/v1/files/{file_id}")
     def get_file(file_id: str, t: Auth) -> dict[str, Any]:
@@ -331,16 +334,7 @@ def create_app(settings: APISettings) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         after: str | None = None,
     ) -> dict[str, Any]:
-        batches = list_batches(t.storage)
-        page, more = _page(batches, lambda b: b["id"], after, limit)
-        data = [_batch_body(b) for b in page]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
+        return _page(list_batches(t.storage), lambda b: b["id"], _batch_body, after, limit)
 
     def _existing_batch(t: Tenant, batch_id: str) -> dict[str, Any]:
         if not batch_id.startswith("batch_") or "/" in batch_id:

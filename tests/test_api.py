@@ -73,6 +73,24 @@ def test_upload_list_retrieve_and_download_with_the_sdk(api, storage):
     assert record is not None and record.content == FilePaths(created.id).content
 
 
+def test_an_upload_can_expire_as_openai_allows(api):
+    sdk = client(api)
+    kept = sdk.files.create(
+        file=("e.jsonl", b"{}\n"),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    assert kept.expires_at == kept.created_at + 3600
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.files.create(
+            file=("e.jsonl", b"{}\n"),
+            purpose="batch",
+            expires_after={"anchor": "created_at", "seconds": 60},
+        )
+    assert raised.value.body["param"] == "expires_after[seconds]"
+    assert [f.id for f in sdk.files.list()] == [kept.id]
+
+
 def test_a_batch_is_created_over_the_upload_without_a_copy(api, storage):
     sdk = client(api)
     file = upload(sdk, chat_requests("b", 3).encode())

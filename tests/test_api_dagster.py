@@ -190,6 +190,9 @@ def test_the_sdk_runs_batches_through_serve_and_dagster_dev(tmp_path, run_batch)
         assert a.batches.cancel(long.id).status == "cancelled"  # idempotent
         while not all(run.is_finished for run in dev.runs(None)):
             time.sleep(1)
+        served = (tmp_path / "serve.log").read_text()
+        assert "POST /v1/batches" in served  # the log is there, and holds no key or prompt
+        assert "key-a" not in served and "key-b" not in served and "api river" not in served
     finally:
         api.stop()
         if dev is not None:
