@@ -231,11 +231,14 @@ def _print_summary(
         print(line, file=sys.stderr)
 
 
-def _log_file(storage: BatchStorage, batch_id: str) -> Path:
-    """Where this run's logs go: the batch's work area in a folder, a temporary file for S3."""
-    name = f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    local = storage.local_path(f"{BatchPaths(batch_id).logs}/{name}")
-    return local or Path(tempfile.gettempdir()) / "batch-infer" / batch_id / name
+def _log_file(storage: BatchStorage, batch_id: str) -> tuple[str, Path]:
+    """This run's log: its key in the batch's work area, and the local file written.
+
+    In a folder the file is the key's own; on S3 it is a local file, uploaded at the end.
+    """
+    key = f"{BatchPaths(batch_id).logs}/run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    local = storage.local_path(key)
+    return key, local or Path(tempfile.gettempdir()) / "batch-infer" / key
 
 
 def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
@@ -245,7 +248,7 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
     tenant = storage.for_project(args.project)
     started = time.monotonic()
     key, batch_id = register_file(args.file, storage, args.project)
-    log: Path | None = None
+    log: str | None = None
     if read_batch(tenant, batch_id)["status"] in TERMINAL_STATUSES:
         print(f"{key}: batch {batch_id} had finished already", file=sys.stderr)
         batch = read_batch(tenant, batch_id)
@@ -255,14 +258,23 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
             batch = run_batch(key, batch_id, storage, engine, project=args.project)
         display.close()
     else:
-        log = _log_file(tenant, batch_id)
+        log_key, log_file = _log_file(tenant, batch_id)
+        log = str(log_file)
         print(f"{key}: batch {batch_id}; logs in {log}", file=sys.stderr)
-        with logs_to_file(log) as terminal:
-            display = ProgressDisplay(terminal, batch_id)
-            with watching(display.update):
-                batch = run_batch(key, batch_id, storage, engine, project=args.project)
-            display.close()
-    _print_summary(tenant, batch, time.monotonic() - started, str(log) if log else None)
+        try:
+            with logs_to_file(log_file) as terminal:
+                display = ProgressDisplay(terminal, batch_id)
+                with watching(display.update):
+                    batch = run_batch(key, batch_id, storage, engine, project=args.project)
+                display.close()
+        finally:
+            if not tenant.is_local:  # keep it beside the batch, as in a folder
+                try:
+                    tenant.put_file(log_file, log_key)
+                    log = f"{tenant.url(log_key)} (and {log_file})"
+                except Exception as error:  # the storage failing must not hide why the run did
+                    print(f"the log stays at {log_file}: {error}", file=sys.stderr)
+    _print_summary(tenant, batch, time.monotonic() - started, log)
     return 0 if batch["status"] == "completed" else 1
 
 
