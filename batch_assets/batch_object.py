@@ -145,5 +145,10 @@ def list_batches(storage: BatchStorage) -> list[dict[str, Any]]:
         for info in storage.list(OUTBOX)
         if (batch_id := batch_json_owner(info.key))
     ]
-    found.sort(key=lambda batch: (batch.get("created_at") or 0, batch["id"]), reverse=True)
+    found.sort(key=newest_first, reverse=True)
     return found
+
+
+def newest_first(batch: dict[str, Any]) -> tuple[int, str]:
+    """The sort key of batch listings (with ``reverse=True``): creation time, then id."""
+    return batch.get("created_at") or 0, batch["id"]

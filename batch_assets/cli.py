@@ -18,6 +18,7 @@ Batches routes over the same storage (API keys from BATCH_API_KEYS or BATCH_API_
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from batch_assets.batch_object import (
     TERMINAL_STATUSES,
     list_batches,
+    newest_first,
     read_batch,
     register_batch,
     root_cause_message,
@@ -68,8 +70,6 @@ EXIT_CODES = """exit codes:
 
 def _instance(storage: BatchStorage) -> "dg.DagsterInstance":
     """The instance named by DAGSTER_HOME, else a persistent one beside the batches."""
-    import os
-
     import dagster as dg
 
     if os.environ.get("DAGSTER_HOME"):
@@ -236,7 +236,7 @@ def _log_file(storage: BatchStorage, batch_id: str) -> tuple[str, Path]:
 
     In a folder the file is the key's own; on S3 it is a local file, uploaded at the end.
     """
-    key = f"{BatchPaths(batch_id).logs}/run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    key = BatchPaths(batch_id).run_log(time.strftime("%Y%m%d-%H%M%S"))
     local = storage.local_path(key)
     return key, local or Path(tempfile.gettempdir()) / "batch-infer" / key
 
@@ -249,9 +249,9 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
     started = time.monotonic()
     key, batch_id = register_file(args.file, storage, args.project)
     log: str | None = None
-    if read_batch(tenant, batch_id)["status"] in TERMINAL_STATUSES:
+    batch = read_batch(tenant, batch_id)
+    if batch["status"] in TERMINAL_STATUSES:
         print(f"{key}: batch {batch_id} had finished already", file=sys.stderr)
-        batch = read_batch(tenant, batch_id)
     elif args.verbose:
         display = ProgressDisplay(sys.stderr, batch_id)
         with watching(display.update):
@@ -305,7 +305,7 @@ def _command_list(args: argparse.Namespace, storage: BatchStorage) -> int:
     batches = [
         (project, batch) for project, tenant in storage.tenants() for batch in list_batches(tenant)
     ]
-    batches.sort(key=lambda item: (item[1].get("created_at") or 0, item[1]["id"]), reverse=True)
+    batches.sort(key=lambda item: newest_first(item[1]), reverse=True)
     shown = batches[: args.limit] if args.limit else batches
     if args.json:
         data = [{**batch, "project": project} for project, batch in shown]

@@ -148,6 +148,10 @@ class BatchPaths:
     def logs(self) -> str:
         return f"{self.work}/logs"
 
+    def run_log(self, stamp: str) -> str:
+        """The log of one ``batch-infer run`` started at ``stamp``."""
+        return f"{self.logs}/run-{stamp}.log"
+
 
 @dataclass(frozen=True)
 class FilePaths:
