@@ -21,7 +21,13 @@ from resources.vllm_engine import DEFAULT_MODEL, VLLMEngine
 NOT_FLAGS = frozenset({"keep_loaded"})
 
 
-def _flag(name: str) -> str:
+def flag_of(name: str) -> str:
+    """``--field-name``, or the flag the field names (``--engine-url`` for ``engine_urls``)."""
+    extra = (
+        VLLMEngine.model_fields[name].json_schema_extra if name in VLLMEngine.model_fields else None
+    )
+    if isinstance(extra, dict) and isinstance(extra.get("flag"), str):
+        return str(extra["flag"])
     return f"--{name.replace('_', '-')}"
 
 
@@ -59,15 +65,27 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = help_text.replace("%", "%%")
         if kind is bool:
             group.add_argument(
-                _flag(name), action=argparse.BooleanOptionalAction, default=None, help=help_text
+                flag_of(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         elif typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
-            group.add_argument(
-                _flag(name), nargs="+", type=item, default=None, metavar="NAME", help=help_text
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            group.add_argument(  # repeatable, and each takes one or more values
+                flag_of(name),
+                dest=name,
+                action="extend",
+                nargs="+",
+                type=item,
+                default=None,
+                metavar=str(extra.get("metavar", "NAME")),
+                help=help_text,
             )
         else:
-            group.add_argument(_flag(name), type=kind, default=None, help=help_text)
+            group.add_argument(flag_of(name), dest=name, type=kind, default=None, help=help_text)
 
 
 def engine_from_args(args: argparse.Namespace) -> VLLMEngine:
@@ -86,9 +104,9 @@ def engine_flags(fields: dict[str, Any]) -> list[str]:
         if value is None:
             continue
         if isinstance(value, bool):
-            flags.append(_flag(name) if value else f"--no-{name.replace('_', '-')}")
+            flags.append(flag_of(name) if value else f"--no-{flag_of(name)[2:]}")
         elif isinstance(value, list):
-            flags += [_flag(name), *map(str, value)] if value else []
+            flags += [flag_of(name), *map(str, value)] if value else []
         else:
-            flags += [_flag(name), str(value)]
+            flags += [flag_of(name), str(value)]
     return flags

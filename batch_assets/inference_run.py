@@ -22,9 +22,11 @@ from batch_assets.journal import JournalWriter, journaled_lines
 from batch_assets.manifest import Manifest, manifest_or_fail
 from batch_assets.partitions import batch_partitions, open_batch
 from batch_assets.progress import Progress, report_progress
+from batch_assets.server_loop import ServerLoop, ServersUnavailable
 from batch_assets.shards import read_shard
 from resources.endpoints import EMBEDDINGS_URL
-from resources.layout import SLOT_END_TAG, BatchPaths
+from resources.engine_pool import PoolMisconfigured, ServerPool
+from resources.layout import SLOT_END_TAG, SLOT_TAG, BatchPaths
 from resources.openai_to_vllm import RequestBuilder
 from resources.storage import BatchStorage
 from resources.vllm_engine import Runner, VLLMEngine
@@ -32,6 +34,8 @@ from resources.vllm_to_openai import ResponseBuilder
 
 PROGRESS_INTERVAL_S = 0.5  # progress reports to this process's listeners (the CLI's bar)
 LOG_INTERVAL_S = 15.0  # progress lines in the run's event log
+# vLLM's request priority in pool mode (lower goes first): overnight work yields to the rest.
+OVERNIGHT_PRIORITY = 10
 
 
 def pending_requests(
@@ -60,45 +64,116 @@ def run_requests(
     done_before: int = 0,
     total: int = 0,
 ) -> tuple[LoopStats, float]:
-    """Run ``pending`` on the engine (loaded here), journaling; returns stats and load time.
+    """Run ``pending`` on the engine, journaling; returns stats and the engine's load time.
 
-    A cancel request (:mod:`batch_assets.cancellation`) stops the run within seconds.
+    In-process the engine is loaded here; in pool mode the requests go to its servers (no
+    load). A cancel request (:mod:`batch_assets.cancellation`) stops the run within seconds.
     ``done_before`` and ``total`` only frame the progress reports.
     """
-    started = time.monotonic()
-    runner: Runner = "pooling" if manifest.endpoint == EMBEDDINGS_URL else "generate"
-    report_progress(Progress(batch_id, "loading", done_before, total))
-    llm = engine.load(runner)
-    load_s = time.monotonic() - started
-    max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
     attempt = f"{int(time.time() * 1000)}-{context.run.run_id[:8]}"
     reporter = _progress_reporter(context, batch_id, done_before, total)
     with JournalWriter(storage, BatchPaths(batch_id).journal, attempt) as journal:
-        loop = InferenceLoop(
-            llm=llm,
-            requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens),
-            responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer()),
-            journal=journal,
-            batch_id=batch_id,
-            endpoint=manifest.endpoint,
-            window=engine.max_pending_requests or 4 * max_num_seqs,
-            deadline=deadline,
-            cancel_check=lambda: cancel_requested(storage, batch_id),
-            on_progress=reporter,
-            progress_interval_s=PROGRESS_INTERVAL_S,
-        )
-        try:
-            stats = loop.run(pending)
-        except Exception as error:
-            if type(error).__name__ != "EngineDeadError":
-                raise
-            engine.discard()  # a kept engine is dead: the next run builds a new one
-            raise dg.Failure(
-                f"batch {batch_id}: the vLLM engine died mid-batch (out of memory or a crash: "
-                f"{error}); the answers finished so far are journaled and a rerun resumes"
-            ) from error
+        if engine.pooled:
+            stats, load_s = (
+                _run_on_servers(
+                    context,
+                    storage,
+                    engine,
+                    batch_id,
+                    manifest,
+                    pending,
+                    deadline,
+                    journal,
+                    reporter,
+                ),
+                0.0,
+            )
+        else:
+            report_progress(Progress(batch_id, "loading", done_before, total))
+            stats, load_s = _run_in_process(
+                storage, engine, batch_id, manifest, pending, deadline, journal, reporter
+            )
     reporter(stats)
     return stats, load_s
+
+
+def _run_in_process(
+    storage: BatchStorage,
+    engine: VLLMEngine,
+    batch_id: str,
+    manifest: Manifest,
+    pending: Iterable[tuple[int, str]],
+    deadline: float | None,
+    journal: JournalWriter,
+    reporter: Callable[[LoopStats], None],
+) -> tuple[LoopStats, float]:
+    started = time.monotonic()
+    runner: Runner = "pooling" if manifest.endpoint == EMBEDDINGS_URL else "generate"
+    llm = engine.load(runner)
+    load_s = time.monotonic() - started
+    max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+    loop = InferenceLoop(
+        llm=llm,
+        requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens),
+        responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer()),
+        journal=journal,
+        batch_id=batch_id,
+        endpoint=manifest.endpoint,
+        window=engine.max_pending_requests or 4 * max_num_seqs,
+        deadline=deadline,
+        cancel_check=lambda: cancel_requested(storage, batch_id),
+        on_progress=reporter,
+        progress_interval_s=PROGRESS_INTERVAL_S,
+    )
+    try:
+        return loop.run(pending), load_s
+    except Exception as error:
+        if type(error).__name__ != "EngineDeadError":
+            raise
+        engine.discard()  # a kept engine is dead: the next run builds a new one
+        raise dg.Failure(
+            f"batch {batch_id}: the vLLM engine died mid-batch (out of memory or a crash: "
+            f"{error}); the answers finished so far are journaled and a rerun resumes"
+        ) from error
+
+
+def _run_on_servers(
+    context: dg.AssetExecutionContext,
+    storage: BatchStorage,
+    engine: VLLMEngine,
+    batch_id: str,
+    manifest: Manifest,
+    pending: Iterable[tuple[int, str]],
+    deadline: float | None,
+    journal: JournalWriter,
+    reporter: Callable[[LoopStats], None],
+) -> LoopStats:
+    """Pool mode: the requests go to the engine's servers; nothing is loaded here."""
+    overnight = context.run.tags.get(SLOT_TAG) is not None
+    loop = ServerLoop(
+        pool=ServerPool(
+            engine.engine_urls,
+            engine.served_model_names[0],
+            window=engine.server_window,
+            timeout_s=engine.server_timeout_s,
+            api_key=engine.engine_api_key,
+        ),
+        journal=journal,
+        endpoint=manifest.endpoint,
+        model=engine.served_model_names[0],
+        down_timeout_s=engine.server_down_timeout_s,
+        priority=(OVERNIGHT_PRIORITY if overnight else 0) if engine.priority_scheduling else None,
+        deadline=deadline,
+        cancel_check=lambda: cancel_requested(storage, batch_id),
+        on_progress=reporter,
+        progress_interval_s=PROGRESS_INTERVAL_S,
+    )
+    try:
+        return loop.run(pending)
+    except PoolMisconfigured as error:
+        raise dg.Failure(f"batch {batch_id}: {error}") from error
+    except ServersUnavailable as error:
+        raise dg.Failure(f"batch {batch_id}: {error}") from error
 
 
 def _progress_reporter(
@@ -145,8 +220,8 @@ def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple
     deps=[batch_input],
     group_name="batch",
     kinds={"vllm"},
-    description="Every valid request run through one vLLM engine, journaled as it finishes.",
-    pool="gpu",
+    description="Every valid request run through the vLLM engine (in the run, or the servers of "
+    "pool mode), journaled as it finishes.",
     output_required=False,
 )
 def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine):

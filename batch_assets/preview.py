@@ -30,7 +30,6 @@ PREVIEW_REQUESTS = 10
     group_name="batch",
     kinds={"vllm"},
     description=f"The first {PREVIEW_REQUESTS} valid requests of a batch, answered at once.",
-    pool="gpu",
 )
 def batch_preview(
     context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine

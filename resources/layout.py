@@ -199,6 +199,9 @@ def journal_segment(journal: str, attempt: str, part: int | None = None) -> str:
 # Run tags the project writes or reads.
 GPU_TAG = "batch/gpu"  # runs that load an engine; the run queue limits them per GPU
 GPU_TAGS = {GPU_TAG: "engine"}
+# Runs of pool mode (no engine of their own): several share the servers at once.
+ENGINE_POOL_TAG = "batch/engine_pool"
+ENGINE_POOL_TAGS = {ENGINE_POOL_TAG: "servers"}
 INPUT_TAG = "batch/input"  # the inbox key a run's batch came from
 PROJECT_TAG = "batch/project"
 SLOT_TAG = "batch/slot"  # "overnight" for runs of the nightly slot

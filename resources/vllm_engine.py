@@ -1,12 +1,15 @@
 """The vLLM engine as a Dagster resource: configured here, loaded once per run, released after.
 
 Loading is lazy (the first :meth:`VLLMEngine.load` call in a step), so a step that only needs
-the served model names, such as input validation, never pays for an engine.
+the served model names, such as input validation, never pays for an engine. With
+``engine_urls`` set (pool mode) nothing is loaded: runs send their requests to those
+long-running vLLM OpenAI servers (:mod:`resources.engine_pool`).
 """
 
 import gc
 import logging
 import os
+import typing
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dagster as dg
@@ -24,6 +27,17 @@ _CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 _KEPT: dict[str, "LLM"] = {}
 # Settings of the loop around the engine, not of the engine: one kept engine serves them all.
 _LOOP_ONLY = frozenset({"model_aliases", "clamp_max_tokens", "max_pending_requests", "keep_loaded"})
+# Settings of pool mode: an engine in the run never reads them.
+POOL_FIELDS = frozenset(
+    {
+        "engine_urls",
+        "engine_api_key",
+        "server_window",
+        "server_timeout_s",
+        "server_down_timeout_s",
+        "priority_scheduling",
+    }
+)
 
 
 class VLLMEngine(dg.ConfigurableResource):
@@ -80,19 +94,64 @@ class VLLMEngine(dg.ConfigurableResource):
         default=False,
         description="Keep the engine alive in this process for the next run (one-shot CLI, tests).",
     )
+    # Pool mode: long-running vLLM OpenAI servers instead of an engine in the run.
+    engine_urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of running vLLM OpenAI servers (http://host:8000/v1). When set, "
+        "runs load no engine: they send each request to the least busy server.",
+        json_schema_extra={"flag": "--engine-url", "metavar": "URL"},
+    )
+    engine_api_key: str | None = Field(
+        default=None,
+        description="API key of those servers (their --api-key); give it as dg.EnvVar.",
+    )
+    server_window: int = Field(default=256, description="Requests in flight per server.")
+    server_timeout_s: float = Field(
+        default=600.0, description="Seconds one request may take on a server before it is retried."
+    )
+    server_down_timeout_s: float = Field(
+        default=60.0,
+        description="Seconds a run waits for a server while none answers; then it fails, and its "
+        "retry resumes from the journal.",
+    )
+    priority_scheduling: bool = Field(
+        default=False,
+        description="The servers run with --scheduling-policy priority: overnight work is sent "
+        "at a lower priority than previews and ordinary uploads.",
+    )
 
     _llm: Any = PrivateAttr(default=None)
     # Fields a deployment sets from the environment (the code location and the CLI alike).
+    # A list field's variable is comma-separated; a secret's is passed on as dg.EnvVar, so
+    # Dagster resolves it when the run starts and never shows or stores its value.
     ENV: ClassVar[dict[str, str]] = {
         "model": "BATCH_MODEL",
         "served_model_name": "BATCH_SERVED_MODEL_NAME",
+        "engine_urls": "BATCH_ENGINE_URLS",
+        "engine_api_key": "BATCH_ENGINE_API_KEY",
     }
+    SECRETS: ClassVar[frozenset[str]] = frozenset({"engine_api_key"})
 
     @classmethod
     def from_env(cls, **fields: Any) -> "VLLMEngine":
         """The engine of ``fields``; unset ones in :attr:`ENV` come from the environment."""
-        from_env = {name: os.environ[var] for name, var in cls.ENV.items() if os.environ.get(var)}
+        from_env: dict[str, Any] = {}
+        for name, var in cls.ENV.items():
+            value = os.environ.get(var, "").strip()
+            if not value:
+                continue
+            if name in cls.SECRETS:
+                from_env[name] = dg.EnvVar(var)
+            elif typing.get_origin(cls.model_fields[name].annotation) is list:
+                from_env[name] = [part.strip() for part in value.split(",") if part.strip()]
+            else:
+                from_env[name] = value
         return cls(**{"model": DEFAULT_MODEL, **from_env, **fields})
+
+    @property
+    def pooled(self) -> bool:
+        """Whether runs send requests to the servers of :attr:`engine_urls` (no engine loaded)."""
+        return bool(self.engine_urls)
 
     @property
     def served_model_names(self) -> list[str]:
@@ -101,7 +160,7 @@ class VLLMEngine(dg.ConfigurableResource):
         return [primary, *(a for a in self.model_aliases if a != primary)]
 
     def _cache_key(self, runner: Runner) -> str:
-        return f"{runner}:{self.model_dump_json(exclude=set(_LOOP_ONLY))}"
+        return f"{runner}:{self.model_dump_json(exclude=set(_LOOP_ONLY | POOL_FIELDS))}"
 
     def load(self, runner: Runner = "generate") -> "LLM":
         """The engine for ``runner``, loaded on first use in this step."""

@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from openai.types import Batch
 
 from batch_assets.cli import build_parser, main
 from batch_assets.cli_display import ProgressDisplay, logs_to_file
-from batch_assets.engine_flags import NOT_FLAGS, engine_flags, engine_from_args
+from batch_assets.engine_flags import NOT_FLAGS, engine_flags, engine_from_args, flag_of
 from batch_assets.progress import Progress
 from resources.vllm_engine import VLLMEngine
 from tests.conftest import MODEL_NAME, ROOT, chat_requests, request_ids
@@ -36,7 +37,7 @@ def _help(*command: str) -> str:
 def test_every_engine_field_is_a_run_flag_with_its_description():
     text = " ".join(_help("run").split())  # argparse wraps help text
     for name, field in VLLMEngine.model_fields.items():
-        flag = f"--{name.replace('_', '-')}"
+        flag = flag_of(name)
         if name in NOT_FLAGS:
             assert flag not in text
             continue
@@ -62,12 +63,28 @@ def test_engine_flags_round_trip_through_the_parser():
         "enforce_eager": False,
         "enable_prefix_caching": True,
         "kv_cache_memory_bytes": 1 << 20,
+        "engine_urls": ["http://a:8000/v1", "http://b:8000"],
+        "priority_scheduling": True,
     }
     args = build_parser().parse_args(["run", "f.jsonl", *engine_flags(fields)])
     engine = engine_from_args(args)
     assert engine.model_dump(exclude_unset=True) == fields
     untouched = engine_from_args(build_parser().parse_args(["run", "f.jsonl"]))
     assert untouched.enforce_eager is None  # left to the resource's platform default
+    assert not untouched.pooled
+
+
+def test_engine_url_is_repeatable_and_the_environment_gives_a_comma_list(monkeypatch):
+    args = build_parser().parse_args(
+        ["run", "f.jsonl", "--engine-url", "http://a:1/v1", "--engine-url", "http://b:2/v1"]
+    )
+    assert engine_from_args(args).engine_urls == ["http://a:1/v1", "http://b:2/v1"]
+    monkeypatch.setenv("BATCH_ENGINE_URLS", " http://a:1/v1, http://b:2 ,")
+    monkeypatch.setenv("BATCH_ENGINE_API_KEY", "sk-servers")
+    engine = VLLMEngine.from_env()
+    assert engine.pooled and engine.engine_urls == ["http://a:1/v1", "http://b:2"]
+    # The key stays a reference to the variable: Dagster resolves it when the run starts.
+    assert isinstance(engine.engine_api_key, dg.EnvVar)
 
 
 def test_an_unknown_field_has_no_flag():

@@ -1,0 +1,188 @@
+"""Pool mode's loop: send a batch's requests to running vLLM servers and journal each answer.
+
+The counterpart of :mod:`batch_assets.inference_loop` for an engine that is not in the run.
+Each server keeps a window of requests in flight, so its own scheduler batches them
+continuously, together with whatever else it serves. Answers are journaled as they arrive;
+a request whose server goes down goes to another one and is journaled once. The bodies are
+the servers' own (``vllm serve``'s), with ``model`` set to the configured served name.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from batch_assets.inference_loop import LoopStats, dumps
+from batch_assets.journal import JournalRecord, JournalWriter
+from resources.engine_pool import Answer, Server, ServerDown, ServerPool
+
+logger = logging.getLogger(__name__)
+# A request answered 5xx (or 429) this many times is journaled with that answer.
+MAX_ATTEMPTS = 3
+_TICK_S = 0.25  # how long the loop waits for an answer before it looks at the clock again
+
+
+class ServersUnavailable(Exception):
+    """No server answered for longer than the configured wait."""
+
+
+@dataclass
+class _Request:
+    line: int
+    body: dict[str, Any]
+    attempts: int = 0  # answers of 5xx or 429 so far
+    failed_on: Server | None = None
+
+
+@dataclass
+class ServerLoop:
+    pool: ServerPool
+    journal: JournalWriter
+    endpoint: str  # "/v1/chat/completions": the same path on every server
+    model: str  # the name the servers serve; each body's model is set to it
+    down_timeout_s: float
+    priority: int | None = None  # vLLM's request priority (lower goes first), when enabled
+    on_progress: Callable[[LoopStats], None] | None = None
+    progress_interval_s: float = 15.0
+    deadline: float | None = None  # epoch seconds: stop taking new requests from then on
+    cancel_check: Callable[[], bool] | None = None  # polled; True stops the loop at once
+    cancel_poll_s: float = 2.0
+
+    def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
+        """Answer every ``(line, body_json)`` of ``pending`` and journal the answers.
+
+        As in-process: at the deadline no new request is sent and those in flight finish;
+        a cancel aborts those in flight. Raises :class:`ServersUnavailable` when no server
+        answers for ``down_timeout_s`` (what is journaled stays, so a retry resumes).
+        """
+        return asyncio.run(self._run(iter(pending)))
+
+    async def _run(self, pending: Iterator[tuple[int, str]]) -> LoopStats:
+        stats = LoopStats()
+        retry: deque[_Request] = deque()
+        sent: dict[asyncio.Task, _Request] = {}
+        exhausted = False
+        all_down_since: float | None = None
+        path = self.endpoint.removeprefix("/v1")
+        started = last_report = last_cancel_check = time.monotonic()
+        async with self.pool:
+            await self.pool.check()
+            try:
+                while True:
+                    now = time.monotonic()
+                    if not exhausted and self.deadline is not None and time.time() >= self.deadline:
+                        exhausted = stats.stopped_at_deadline = True
+                        retry.clear()  # not journaled: they wait for the next run
+                    if self.cancel_check and now - last_cancel_check >= self.cancel_poll_s:
+                        last_cancel_check = now
+                        if self.cancel_check():
+                            stats.cancelled = True
+                            break
+                    self.pool.raise_probe_errors()
+                    self.pool.revive()
+                    # Fill every server's window: retries first, then new lines in order.
+                    while True:
+                        request = retry.popleft() if retry else None
+                        if request is None and not exhausted:
+                            request = self._next(pending)
+                            exhausted = request is None
+                        if request is None:
+                            break
+                        server = self.pool.pick(avoid=request.failed_on)
+                        if server is None:
+                            retry.appendleft(request)
+                            break
+                        task = self.pool.submit(server, path, request.body)
+                        sent[task] = request
+                        request.failed_on = server
+                    if not sent:
+                        if exhausted and not retry:
+                            break
+                        # Work is waiting and no server can take it: all are down.
+                        all_down_since = all_down_since or now
+                        if now - all_down_since > self.down_timeout_s:
+                            raise ServersUnavailable(self._unavailable())
+                        await asyncio.sleep(_TICK_S)
+                        continue
+                    all_down_since = None
+                    done, _ = await asyncio.wait(
+                        sent, timeout=_TICK_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        request = sent.pop(task)
+                        if self._settle(request, task, stats) and not stats.stopped_at_deadline:
+                            retry.append(request)
+                    self.journal.flush()
+                    now = time.monotonic()
+                    if self.on_progress and now - last_report >= self.progress_interval_s:
+                        stats.wall_s = now - started
+                        self.on_progress(stats)
+                        last_report = now
+            finally:
+                for task in sent:  # cancelled or failed: the servers abort what they had
+                    task.cancel()
+                await asyncio.gather(*sent, return_exceptions=True)
+                self.journal.flush()
+        stats.wall_s = time.monotonic() - started
+        return stats
+
+    def _next(self, pending: Iterator[tuple[int, str]]) -> _Request | None:
+        item = next(pending, None)
+        if item is None:
+            return None
+        line, body_json = item
+        body = {**json.loads(body_json), "model": self.model}
+        if self.priority is not None:
+            body["priority"] = self.priority
+        return _Request(line, body)
+
+    def _settle(self, request: _Request, task: asyncio.Task, stats: LoopStats) -> bool:
+        """Journal a finished request's answer; ``True`` when it must be sent again."""
+        error = task.exception()
+        if isinstance(error, ServerDown):
+            return True  # not the request's fault: another server takes it
+        if error is not None:
+            raise error
+        answer: Answer = task.result()
+        retryable = answer.status >= 500 or answer.status == 429
+        if retryable:
+            request.attempts += 1
+            if request.attempts < MAX_ATTEMPTS:
+                return True
+            logger.warning(
+                "line %d: answered %d %d times; journaled as an error",
+                request.line,
+                answer.status,
+                request.attempts,
+            )
+        self._journal(request.line, answer, stats)
+        return False
+
+    def _journal(self, line: int, answer: Answer, stats: LoopStats) -> None:
+        body = answer.body
+        if answer.status != 200:
+            self.journal.write(JournalRecord(line, answer.status, 0, 0, 0, dumps(body)))
+            stats.requests += 1
+            stats.rejected += 1
+            return
+        usage = body.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        cached = int(details.get("cached_tokens") or 0)
+        self.journal.write(JournalRecord(line, 200, prompt, completion, cached, dumps(body)))
+        stats.requests += 1
+        stats.prompt_tokens += prompt
+        stats.completion_tokens += completion
+        stats.cached_tokens += cached
+
+    def _unavailable(self) -> str:
+        servers = ", ".join(str(s) for s in self.pool.servers)
+        return (
+            f"no vLLM server answered for {self.down_timeout_s:.0f} s ({servers}); the answers "
+            "finished so far are journaled and a rerun resumes"
+        )
