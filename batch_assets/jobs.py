@@ -1,19 +1,39 @@
 """The jobs over the batch assets: run a batch, preview it, publish a cancelled one."""
 
+import json
+
 import dagster as dg
 
 from batch_assets.inference_run import batch_inference
 from batch_assets.input_file import batch_input
 from batch_assets.preview import batch_preview
 from batch_assets.result_files import batch_results
-from resources.layout import ENGINE_POOL_TAGS, GPU_TAGS
+from resources.layout import ENGINE_POOL_TAGS, GPU_TAGS, K8S_CONFIG_TAG
 from resources.vllm_engine import VLLMEngine
 
+
+def engine_run_tags(engine: VLLMEngine) -> dict[str, str]:
+    """The tags of the runs that use ``engine``.
+
+    In-process: GPU_TAGS (the shipped instance runs one such run per GPU) and, for
+    Kubernetes, the run pod's GPUs and the GPU nodes' toleration (ignored by other launchers).
+    Pool mode: ENGINE_POOL_TAGS, whose limit lets several runs share the servers; no GPU.
+    """
+    if engine.pooled:
+        return dict(ENGINE_POOL_TAGS)
+    gpus = {"nvidia.com/gpu": str(engine.tensor_parallel_size)}
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    pod = {
+        "container_config": {"resources": {"limits": gpus}},
+        "pod_spec_config": {"tolerations": [toleration]},
+    }
+    return {**GPU_TAGS, K8S_CONFIG_TAG: json.dumps(pod, separators=(",", ":"))}
+
+
 batch_assets = [batch_input, batch_inference, batch_results, batch_preview]
-# Runs that load an engine carry GPU_TAGS: the shipped instance limits them to one per GPU.
-# In pool mode (BATCH_ENGINE_URLS, read once as the code location loads, as the resources
-# are) they carry ENGINE_POOL_TAGS instead, whose limit lets several share the servers.
-ENGINE_TAGS = ENGINE_POOL_TAGS if VLLMEngine.from_env().pooled else GPU_TAGS
+# The code location's engine mode (BATCH_ENGINE_URLS), read once as it loads, as the
+# resources are.
+ENGINE_TAGS = engine_run_tags(VLLMEngine.from_env())
 batch_job = dg.define_asset_job(
     "batch_job",
     selection=dg.AssetSelection.assets(batch_input, batch_inference, batch_results),

@@ -22,7 +22,7 @@ from benchmarks.process_sides import Job, kv_tokens
 from benchmarks.settings import ROOT
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -36,7 +36,7 @@ def _post(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def _wait_ready(base: str, server: subprocess.Popen, job: Job) -> None:
+def wait_api_server(base: str, server: subprocess.Popen, job: Job) -> None:
     log_path = job.work_dir / "api_server.log"
     deadline = time.monotonic() + job.timeout_s
     while time.monotonic() < deadline:
@@ -52,7 +52,7 @@ def _wait_ready(base: str, server: subprocess.Popen, job: Job) -> None:
     raise SideFailed(f"API server not ready in {job.timeout_s:.0f} s:\n{tail(log_path)}")
 
 
-def _stop(server: subprocess.Popen) -> None:
+def stop_api_server(server: subprocess.Popen) -> None:
     """Stop the server this module started (its own process group), politely first."""
     if server.poll() is not None:
         return
@@ -64,7 +64,7 @@ def _stop(server: subprocess.Popen) -> None:
         server.wait(timeout=30)
 
 
-def _start(job: Job, port: int) -> subprocess.Popen:
+def start_api_server(job: Job, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--disable-uvicorn-access-log"]
     cmd += job.settings.vllm_args(job.runner)
@@ -82,12 +82,12 @@ def _start(job: Job, port: int) -> subprocess.Popen:
 def run_naive(job: Job, sample: int) -> Measurement:
     """Side (5): the first ``sample`` requests sent one at a time; only the loop is timed."""
     bodies = job.bodies[:sample]
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log(f"{job.workload}: (5) naive loop over {len(bodies)} requests, API server on {base}")
-    server = _start(job, port)
+    server = start_api_server(job, port)
     try:
-        _wait_ready(base, server, job)
+        wait_api_server(base, server, job)
         url = base + job.endpoint
         totals = Totals()
         started = time.perf_counter()
@@ -97,7 +97,7 @@ def run_naive(job: Job, sample: int) -> Measurement:
             totals.add(response.get("usage") or {})
         seconds = time.perf_counter() - started
     finally:
-        _stop(server)
+        stop_api_server(server)
     if totals.requests != len(bodies):
         raise IncompleteOutput(f"naive: {totals.requests} answers for {len(bodies)} requests")
     log_text = tail(job.work_dir / "api_server.log", 100_000)

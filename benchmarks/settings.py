@@ -15,7 +15,7 @@ from typing import Any
 
 from batch_assets.engine_flags import engine_flags
 from benchmarks.workloads import GiB
-from resources.vllm_engine import VLLMEngine
+from resources.vllm_engine import POOL_FIELDS, VLLMEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "models" / "tiny-chat"
@@ -83,7 +83,7 @@ class EngineSettings:
 
     def vllm_args(self, runner: str) -> list[str]:
         """Flags for ``run_batch`` and the API server (vLLM's engine arguments)."""
-        fields = self.engine_fields()
+        fields = {k: v for k, v in self.engine_fields().items() if k not in POOL_FIELDS}
         fields.pop("engine_in_process", None)  # an environment variable there, see commands
         pooling = ["--runner", "pooling"] if runner == "pooling" else []
         return cli_flags(fields) + pooling

@@ -206,6 +206,8 @@ INPUT_TAG = "batch/input"  # the inbox key a run's batch came from
 PROJECT_TAG = "batch/project"
 SLOT_TAG = "batch/slot"  # "overnight" for runs of the nightly slot
 SLOT_END_TAG = "batch/slot_end"  # unix time at which an overnight run stops taking requests
+# dagster-k8s's tag: the run pod's Kubernetes config (container resources, tolerations).
+K8S_CONFIG_TAG = "dagster-k8s/config"
 # Dagster's own tags, read by the sensors.
 PARTITION_TAG = PARTITION_NAME_TAG
 RETRY_NUMBER = RETRY_NUMBER_TAG

@@ -14,7 +14,7 @@ if [ -f "$stamp" ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -qq --upgrade pip
-.venv/bin/python -m pip install -qq -e ".[$EXTRA,dev,bench]"
+.venv/bin/python -m pip install -qq -e ".[$EXTRA,dev,bench,k8s]"
 if [ "$EXTRA" = "cpu" ]; then
   .venv/bin/python -m pip uninstall -qq -y torchvision torchaudio torchcodec triton || true
 fi
