@@ -5,7 +5,7 @@ export TOKENIZERS_PARALLELISM := false
 VENV := .venv/bin
 MODEL := models/tiny-chat
 
-.PHONY: install model demo test test-fast lint dev
+.PHONY: install model demo test test-fast lint dev engine-server
 
 install:
 	scripts/install.sh
@@ -37,3 +37,9 @@ dev: model
 	$(VENV)/batch-infer serve --host 127.0.0.1 --port $${BATCH_API_PORT:-8000} & api=$$!; \
 	trap 'kill $$api 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# One vLLM OpenAI server (vLLM's own entry point) on the generated model, for pool mode:
+#   BATCH_ENGINE_URLS=http://127.0.0.1:8100/v1 make dev
+engine-server: model
+	$(VENV)/python scripts/engine_server.py --port $${BATCH_ENGINE_PORT:-8100} \
+		--served-model-name $${BATCH_SERVED_MODEL_NAME:-tiny-chat}

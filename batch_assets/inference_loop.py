@@ -21,6 +21,7 @@ import msgspec
 from batch_assets.journal import JournalRecord, JournalWriter
 from batch_assets.request_feed import DONE, InlineFeed, ThreadedFeed
 from resources.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
+from resources.vllm_serving import ServingRejected
 from resources.vllm_to_openai import ResponseBuilder
 
 logger = logging.getLogger(__name__)
@@ -221,16 +222,18 @@ class InferenceLoop:
     def _answer(self, line: int, state: _InFlight, stats: LoopStats) -> None:
         order = {rid: k for k, rid in enumerate(state.request_ids)}
         outputs = sorted(state.outputs, key=lambda o: order[o.request_id])
-        body = self.responses.build(
-            state.prepared, outputs, response_id(self.batch_id, line), int(time.time())
-        )
-        usage = body["usage"]
-        completion = usage.get("completion_tokens", 0)
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-        self.journal.write(
-            JournalRecord(line, 200, usage["prompt_tokens"], completion, cached, dumps(body))
-        )
+        try:
+            body = self.responses.build(
+                state.prepared, outputs, response_id(self.batch_id, line), int(time.time())
+            )
+        except ServingRejected as rejected:  # vLLM's serving layer refused the output
+            self.journal.write(JournalRecord(line, rejected.status, 0, 0, 0, dumps(rejected.body)))
+            stats.requests += 1
+            stats.rejected += 1
+            return
+        record = JournalRecord.answer(line, body, dumps(body))
+        self.journal.write(record)
         stats.requests += 1
-        stats.prompt_tokens += usage["prompt_tokens"]
-        stats.completion_tokens += completion
-        stats.cached_tokens += cached
+        stats.prompt_tokens += record.prompt_tokens
+        stats.completion_tokens += record.completion_tokens
+        stats.cached_tokens += record.cached_tokens

@@ -30,6 +30,7 @@ from resources.layout import SLOT_END_TAG, SLOT_TAG, BatchPaths
 from resources.openai_to_vllm import RequestBuilder
 from resources.storage import BatchStorage
 from resources.vllm_engine import Runner, VLLMEngine
+from resources.vllm_serving import ServingLayer
 from resources.vllm_to_openai import ResponseBuilder
 
 PROGRESS_INTERVAL_S = 0.5  # progress reports to this process's listeners (the CLI's bar)
@@ -112,10 +113,11 @@ def _run_in_process(
     llm = engine.load(runner)
     load_s = time.monotonic() - started
     max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+    serving = None if runner == "pooling" else _serving_layer(llm, engine, batch_id)
     loop = InferenceLoop(
         llm=llm,
-        requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens),
-        responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer()),
+        requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens, serving=serving),
+        responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer(), serving),
         journal=journal,
         batch_id=batch_id,
         endpoint=manifest.endpoint,
@@ -135,6 +137,20 @@ def _run_in_process(
             f"batch {batch_id}: the vLLM engine died mid-batch (out of memory or a crash: "
             f"{error}); the answers finished so far are journaled and a rerun resumes"
         ) from error
+
+
+def _serving_layer(llm: Any, engine: VLLMEngine, batch_id: str) -> ServingLayer:
+    """vLLM's serving layer with the engine's parsers (tools, reasoning, Responses)."""
+    try:
+        return ServingLayer(
+            llm,
+            engine.served_model_names[0],
+            engine.tool_call_parser,
+            engine.enable_auto_tool_choice,
+            engine.reasoning_parser,
+        )
+    except (TypeError, KeyError, ValueError) as error:  # e.g. a parser vLLM does not have
+        raise dg.Failure(f"batch {batch_id}: the engine's parser settings: {error}") from error
 
 
 def _run_on_servers(

@@ -2,8 +2,9 @@
 
 Each run attempt writes its own segment and never touches an older one, so a segment torn by
 a kill is only torn at its end; readers skip a torn last line. One record a line:
-``line  status_code  prompt_tokens  completion_tokens  cached_tokens  body``, tab-separated;
-``body`` is compact JSON, which never contains a raw tab or newline.
+``line  status_code  prompt_tokens  completion_tokens  cached_tokens  reasoning_tokens  body``,
+tab-separated; ``body`` is compact JSON, which never contains a raw tab or newline. Records
+of the previous release, without ``reasoning_tokens``, still read (as 0).
 
 In a local folder, records reach the operating system after every engine step (a killed
 process loses nothing written) and the disk at least every second. On S3, where an object
@@ -17,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -36,11 +37,32 @@ class JournalRecord:
     completion_tokens: int
     cached_tokens: int
     body: str
+    reasoning_tokens: int = 0  # of completion_tokens: the thinking of a reasoning model
+
+    @classmethod
+    def answer(cls, line: int, body: dict[str, Any], body_json: str) -> "JournalRecord":
+        """The 200 record of an OpenAI answer body: its token counts read from its usage
+        (chat and completions: prompt/completion tokens; Responses: input/output tokens)."""
+        usage = body.get("usage") or {}
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
+        completion = usage.get("completion_tokens", usage.get("output_tokens")) or 0
+        inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+        return cls(
+            line,
+            200,
+            int(prompt),
+            int(completion),
+            int(inputs.get("cached_tokens") or 0),
+            body_json,
+            int(outputs.get("reasoning_tokens") or 0),
+        )
 
     def encode(self) -> str:
         return (
             f"{self.line}\t{self.status_code}\t{self.prompt_tokens}\t"
-            f"{self.completion_tokens}\t{self.cached_tokens}\t{self.body}\n"
+            f"{self.completion_tokens}\t{self.cached_tokens}\t{self.reasoning_tokens}\t"
+            f"{self.body}\n"
         )
 
 
@@ -124,21 +146,24 @@ class JournalIndex:
                 for raw in stream:
                     if not raw.endswith(b"\n"):
                         break  # torn by a kill mid-write: that request runs again
-                    fields = raw.split(b"\t", 5)
-                    if len(fields) == 6:
+                    fields = raw.split(b"\t", 6)
+                    if len(fields) in (6, 7):
                         lines.append(int(fields[0]))
                         segments.append(segment)
                         offsets.append(offset)
                         lengths.append(len(raw))
-                        tokens.append((int(fields[2]), int(fields[3]), int(fields[4])))
+                        reasoning = int(fields[5]) if len(fields) == 7 else 0
+                        tokens.append((int(fields[2]), int(fields[3]), int(fields[4]), reasoning))
                     offset += len(raw)
         all_lines = np.array(lines, dtype=np.int64)
         self.lines, first = np.unique(all_lines, return_index=True)  # sorted, first wins
         self._segment = np.array(segments, dtype=np.int32)[first]
         self._offset = np.array(offsets, dtype=np.int64)[first]
         self._length = np.array(lengths, dtype=np.int64)[first]
-        totals = np.array(tokens, dtype=np.int64).reshape(-1, 3)[first].sum(axis=0)
-        self.prompt_tokens, self.completion_tokens, self.cached_tokens = map(int, totals)
+        totals = np.array(tokens, dtype=np.int64).reshape(-1, 4)[first].sum(axis=0)
+        self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens = map(
+            int, totals
+        )
 
     def _local_copy(self, storage: BatchStorage, key: str) -> Path:
         local = storage.local_path(key)
@@ -187,9 +212,17 @@ class JournalIndex:
 
 
 def _decode(raw: bytes) -> JournalRecord:
-    line, status, prompt, completion, cached, body = raw.rstrip(b"\n").split(b"\t", 5)
+    fields = raw.rstrip(b"\n").split(b"\t", 6)
+    reasoning = int(fields.pop(5)) if len(fields) == 7 else 0  # absent before reasoning
+    line, status, prompt, completion, cached, body = fields
     return JournalRecord(
-        int(line), int(status), int(prompt), int(completion), int(cached), body.decode("utf-8")
+        int(line),
+        int(status),
+        int(prompt),
+        int(completion),
+        int(cached),
+        body.decode("utf-8"),
+        reasoning,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
-from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
+from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL
 
 
 class RequestLine(msgspec.Struct, gc=False):
@@ -53,10 +53,18 @@ class EmbeddingBody(_Body):
     encoding_format: Literal["float", "base64"] | None = None
 
 
+class ResponsesBody(_Body):
+    """``/v1/responses``: ``input`` is a string or a list of items (messages, tool outputs)."""
+
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+
+
 BODY_TYPES: dict[str, type[_Body]] = {
     CHAT_URL: ChatBody,
     COMPLETIONS_URL: CompletionBody,
     EMBEDDINGS_URL: EmbeddingBody,
+    RESPONSES_URL: ResponsesBody,
 }
 _DECODERS = {url: msgspec.json.Decoder(kind) for url, kind in BODY_TYPES.items()}
 ENVELOPE_DECODER = msgspec.json.Decoder(RequestLine)
@@ -95,6 +103,8 @@ def decode_body(url: str, raw: bytes) -> _Body:
         raise ValueError(problem)
     if isinstance(body, EmbeddingBody) and (problem := _prompt_problem("input", body.input)):
         raise ValueError(problem)
+    if isinstance(body, ResponsesBody) and not body.input:
+        raise ValueError("`input` is required: a string or a non-empty list of items")
     if body.stream:
         raise ValueError("stream=true is not supported in a batch")
     return body
@@ -119,6 +129,11 @@ def prompt_summary(body: _Body) -> tuple[int, str]:
                 prefix += f"\x00{message.role}\x00{text[:PREFIX_CHARS]}"
             total += len(text)
         return total, prefix[:PREFIX_CHARS]
+    if isinstance(body, ResponsesBody):
+        given = body.input
+        items = given if isinstance(given, str) else msgspec.json.encode(given).decode()
+        whole = (body.instructions or "") + items
+        return len(whole), whole[:PREFIX_CHARS]
     value = body.prompt if isinstance(body, CompletionBody) else cast(EmbeddingBody, body).input
     if isinstance(value, str):
         return len(value), value[:PREFIX_CHARS]

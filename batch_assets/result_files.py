@@ -178,7 +178,7 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
             "input_tokens": journal.prompt_tokens,
             "input_tokens_details": {"cached_tokens": journal.cached_tokens},
             "output_tokens": journal.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": journal.reasoning_tokens},
             "total_tokens": journal.prompt_tokens + journal.completion_tokens,
         }
     counts = {"total": completed + failed, "completed": completed, "failed": failed}

@@ -23,6 +23,9 @@ from resources.engine_pool import Answer, Server, ServerDown, ServerPool
 logger = logging.getLogger(__name__)
 # A request answered 5xx (or 429) this many times is journaled with that answer.
 MAX_ATTEMPTS = 3
+# A request whose connection was dropped this many times (by live servers: a request that
+# kills every server makes the run fail instead) becomes a 502 error line.
+MAX_DROPS = 5
 _TICK_S = 0.25  # how long the loop waits for an answer before it looks at the clock again
 
 
@@ -35,6 +38,7 @@ class _Request:
     line: int
     body: dict[str, Any]
     attempts: int = 0  # answers of 5xx or 429 so far
+    drops: int = 0  # connections dropped without an answer so far
     failed_on: Server | None = None
 
 
@@ -144,7 +148,14 @@ class ServerLoop:
         """Journal a finished request's answer; ``True`` when it must be sent again."""
         error = task.exception()
         if isinstance(error, ServerDown):
-            return True  # not the request's fault: another server takes it
+            request.drops += 1
+            if request.drops < MAX_DROPS:
+                return True  # most likely not the request's fault: another server takes it
+            logger.warning(
+                "line %d: dropped by %d servers; journaled as an error", request.line, request.drops
+            )
+            self._journal(request.line, _dropped_answer(error), stats)
+            return False
         if error is not None:
             raise error
         answer: Answer = task.result()
@@ -169,16 +180,12 @@ class ServerLoop:
             stats.requests += 1
             stats.rejected += 1
             return
-        usage = body.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        cached = int(details.get("cached_tokens") or 0)
-        self.journal.write(JournalRecord(line, 200, prompt, completion, cached, dumps(body)))
+        record = JournalRecord.answer(line, body, dumps(body))
+        self.journal.write(record)
         stats.requests += 1
-        stats.prompt_tokens += prompt
-        stats.completion_tokens += completion
-        stats.cached_tokens += cached
+        stats.prompt_tokens += record.prompt_tokens
+        stats.completion_tokens += record.completion_tokens
+        stats.cached_tokens += record.cached_tokens
 
     def _unavailable(self) -> str:
         servers = ", ".join(str(s) for s in self.pool.servers)
@@ -186,3 +193,12 @@ class ServerLoop:
             f"no vLLM server answered for {self.down_timeout_s:.0f} s ({servers}); the answers "
             "finished so far are journaled and a rerun resumes"
         )
+
+
+def _dropped_answer(error: ServerDown) -> Answer:
+    message = (
+        f"the vLLM servers closed the connection {MAX_DROPS} times without answering ({error})"
+    )
+    return Answer(
+        502, {"error": {"message": message, "type": "server_error", "param": None, "code": "502"}}
+    )

@@ -38,6 +38,7 @@ from benchmarks.naive import free_port, start_api_server, stop_api_server, wait_
 from benchmarks.process_sides import Job, asset_metadata, run_e2e
 from benchmarks.settings import TINY_MODEL, EngineSettings, cpu_settings
 from benchmarks.workloads import CPU_WORKLOADS, bodies, write_jsonl
+from resources.layout import inbox_key
 from resources.storage import BatchStorage
 
 _BENCH_SERVE = """
@@ -162,7 +163,7 @@ def many_small_batches(
         time.sleep(15)  # the daemon's first ticks
         first = time.time()
         for file in files:
-            storage.put_file(file, f"inbox/{file.name}")
+            storage.put_file(file, inbox_key(file.name))
         deadline = time.monotonic() + 3600
         while True:
             batches = list_batches(storage)
@@ -193,6 +194,7 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=20)
     parser.add_argument("--upload-requests", type=int, default=50)
     parser.add_argument("--skip-dagster", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true", help="only part 2")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     settings = cpu_settings(str(TINY_MODEL))
@@ -204,21 +206,23 @@ def main() -> None:
         file = work / "short_chat.jsonl"
         write_jsonl(file, workload.endpoint, items)
         job = Job("short_chat", workload.endpoint, file, items, settings, work, 7200)
-        sides: list[dict[str, Any]] = []
-        with Servers(job, 1) as urls:
-            sides.append(pool_run(job, urls, "pool_1"))
-            sides.append(bench_serve(job, urls[0], args.requests))
-        sides.append(in_process_run(job))
-        with Servers(job, 2) as urls:
-            sides.append(pool_run(job, urls, "pool_2"))
-        results["throughput"] = sides
-        rate = {s["side"]: s["phase_requests_per_s"] for s in sides}
-        results["ratios"] = {
-            "pool_1 / vllm_bench_serve": round(rate["pool_1"] / rate["vllm_bench_serve"], 3),
-            "pool_1 / in_process": round(rate["pool_1"] / rate["in_process"], 3),
-            "pool_2 / pool_1": round(rate["pool_2"] / rate["pool_1"], 3),
-        }
-        print(json.dumps(results), flush=True)
+        results["ratios"] = {}
+        if not args.skip_throughput:
+            sides: list[dict[str, Any]] = []
+            with Servers(job, 1) as urls:
+                sides.append(pool_run(job, urls, "pool_1"))
+                sides.append(bench_serve(job, urls[0], args.requests))
+            sides.append(in_process_run(job))
+            with Servers(job, 2) as urls:
+                sides.append(pool_run(job, urls, "pool_2"))
+            results["throughput"] = sides
+            rate = {s["side"]: s["phase_requests_per_s"] for s in sides}
+            results["ratios"] = {
+                "pool_1 / vllm_bench_serve": round(rate["pool_1"] / rate["vllm_bench_serve"], 3),
+                "pool_1 / in_process": round(rate["pool_1"] / rate["in_process"], 3),
+                "pool_2 / pool_1": round(rate["pool_2"] / rate["pool_1"], 3),
+            }
+            print(json.dumps(results), flush=True)
         if not args.skip_dagster:
             small = [many_small_batches(settings, work, args.uploads, args.upload_requests, None)]
             print(json.dumps(small[0]), flush=True)

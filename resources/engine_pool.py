@@ -85,7 +85,8 @@ class ServerPool:
     async def __aenter__(self) -> "ServerPool":
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            # Idle connections close before the server's own keep-alive (uvicorn: 5 s) does.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             headers=headers,
             raise_for_status=False,
@@ -193,10 +194,12 @@ class ServerPool:
         return min(others, key=lambda s: s.in_flight, default=None)
 
     def _mark_down(self, server: Server) -> None:
+        """Take ``server`` out until a probe passes: at once after a first fault (a dropped
+        keep-alive connection is not a dead server), then with a growing backoff."""
         server.failures += 1
         server.up = False
-        delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** (server.failures - 1))
-        server.retry_at = time.monotonic() + delay
+        delay = 0.0 if server.failures == 1 else _BACKOFF_FIRST_S * 2 ** (server.failures - 2)
+        server.retry_at = time.monotonic() + min(_BACKOFF_MAX_S, delay)
 
     # -- requests ----------------------------------------------------------------------------
 

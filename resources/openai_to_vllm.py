@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
+from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL
+from resources.vllm_serving import ServingLayer, ServingRejected
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -24,9 +25,21 @@ MAX_N = 128
 class RequestRejected(Exception):
     """The engine refuses this request; becomes a 400 line with an OpenAI error body."""
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        body: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.message, self.param, self.code = message, param, code
+        self.body = body  # vLLM's own error body, when its serving layer refused the request
+
+    @classmethod
+    def from_serving(cls, rejected: ServingRejected) -> "RequestRejected":
+        error = rejected.body.get("error") or {}
+        return cls(str(error.get("message")), error.get("param"), None, rejected.body)
 
     @classmethod
     def from_engine_error(cls, exc: Exception) -> "RequestRejected":
@@ -36,6 +49,8 @@ class RequestRejected(Exception):
         return cls(message, getattr(exc, "parameter", None), code)
 
     def error_body(self) -> dict[str, Any]:
+        if self.body is not None:
+            return self.body
         return {
             "error": {
                 "message": self.message,
@@ -55,6 +70,7 @@ class PreparedRequest:
     settings: str = ""  # the body without its messages/prompt/input: what requests share
     inputs: list[Any] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
+    serving: Any = None  # vLLM's serving state: the answer is built by vLLM's serving layer
 
     def prompt_lengths(self) -> list[int]:
         return [len(i.get("prompt_token_ids") or ()) for i in self.inputs]
@@ -71,7 +87,14 @@ def _prompt_list(value: Any) -> list[Any]:
 
 # The field that differs from request to request in a batch; the rest (model, sampling
 # settings) is usually shared by many lines.
-_PER_REQUEST_FIELD = {CHAT_URL: "messages", COMPLETIONS_URL: "prompt", EMBEDDINGS_URL: "input"}
+_PER_REQUEST_FIELD = {
+    CHAT_URL: "messages",
+    COMPLETIONS_URL: "prompt",
+    EMBEDDINGS_URL: "input",
+    RESPONSES_URL: "input",
+}
+# Chat fields that only vLLM's serving layer handles (tools and their parser).
+_SERVING_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def _normalized_messages(messages: list[Any]) -> list[Any]:
@@ -94,14 +117,18 @@ class RequestBuilder:
     ``LLM.chat`` pays, which on a fast engine is what separates the two.
     """
 
-    def __init__(self, llm: "LLM", clamp_max_tokens: bool = False):
+    def __init__(
+        self, llm: "LLM", clamp_max_tokens: bool = False, serving: ServingLayer | None = None
+    ):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
         from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest
         from vllm.sampling_params import RequestOutputKind
 
         self.llm = llm
         self.clamp_max_tokens = clamp_max_tokens
+        self.serving = serving
         self.max_model_len: int = llm.model_config.max_model_len
         self.defaults: dict[str, Any] = llm.model_config.get_diff_sampling_param()
         self._final_only = RequestOutputKind.FINAL_ONLY
@@ -109,6 +136,7 @@ class RequestBuilder:
             CHAT_URL: ChatCompletionRequest,
             COMPLETIONS_URL: CompletionRequest,
             EMBEDDINGS_URL: EmbeddingCompletionRequest,
+            RESPONSES_URL: ResponsesRequest,
         }
         self._validated: dict[str, Any] = {}  # settings -> a validated request
         self._params: dict[tuple[str, int], Any] = {}  # (settings, max_tokens) -> params
@@ -128,15 +156,33 @@ class RequestBuilder:
             value = _normalized_messages(value)
         return known.model_copy(update={field: value}), settings
 
+    def _served(self, endpoint: str, body: dict[str, Any]) -> bool:
+        """Whether vLLM's serving layer renders this request and builds its answer."""
+        if self.serving is None:
+            return False
+        if endpoint == RESPONSES_URL:
+            return True
+        return endpoint == CHAT_URL and (
+            self.serving.has_parsers or any(name in body for name in _SERVING_FIELDS)
+        )
+
     def prepare(self, endpoint: str, body: dict[str, Any]) -> PreparedRequest:
         from vllm.exceptions import VLLMValidationError
 
         try:
-            request, settings = self._request(endpoint, body)
+            served = self._served(endpoint, body)
+            if served:  # rendering adjusts the request: never share a validated one
+                request, settings = self._models[endpoint].model_validate(body), ""
+            else:
+                request, settings = self._request(endpoint, body)
             if (getattr(request, "n", None) or 1) > MAX_N:
                 raise RequestRejected(f"n: must be at most {MAX_N}", "n")
             prepared = PreparedRequest(endpoint, request, settings)
-            if endpoint == CHAT_URL:
+            if served and endpoint == CHAT_URL:
+                self._prepare_served_chat(prepared)
+            elif served:
+                self._prepare_responses(prepared)
+            elif endpoint == CHAT_URL:
                 self._prepare_chat(prepared)
             elif endpoint == COMPLETIONS_URL:
                 self._prepare_completion(prepared)
@@ -144,6 +190,8 @@ class RequestBuilder:
                 self._prepare_embedding(prepared)
         except RequestRejected:
             raise
+        except ServingRejected as exc:
+            raise RequestRejected.from_serving(exc) from exc
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
@@ -205,6 +253,46 @@ class RequestBuilder:
         prompt_len = len(engine_input["prompt_token_ids"])
         prepared.inputs.append(engine_input)
         prepared.params.append(self._sampling(prepared, prompt_len, requested))
+
+    def _final_params(self, request: Any, max_tokens: int) -> Any:
+        params = request.to_sampling_params(max_tokens, self.defaults)
+        params.output_kind = self._final_only
+        return params
+
+    def _prepare_served_chat(self, prepared: PreparedRequest) -> None:
+        """Tools or parsers: rendered by vLLM's OnlineRenderer, as vllm serve renders it
+        (``tool_choice`` checks, the structured output of ``required`` or a named tool)."""
+        assert self.serving is not None
+        request = prepared.request
+        prepared.serving, engine_inputs = self.serving.render_chat(request)
+        (engine_input,) = engine_inputs
+        requested = (
+            request.max_completion_tokens
+            if request.max_completion_tokens is not None
+            else request.max_tokens
+        )
+        max_tokens = self._max_tokens(len(engine_input["prompt_token_ids"]), requested)
+        prepared.inputs.append(engine_input)
+        prepared.params.append(self._final_params(request, max_tokens))
+
+    def _prepare_responses(self, prepared: PreparedRequest) -> None:
+        assert self.serving is not None
+        request = prepared.request
+        engine_input = self.serving.render_responses(request)
+        prompt_len = len(engine_input["prompt_token_ids"])
+        if prompt_len >= self.max_model_len:
+            raise RequestRejected(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your input has {prompt_len} tokens. Please reduce the input.",
+                "input",
+                "context_length_exceeded",
+            )
+        params = self._final_params(
+            request, self._max_tokens(prompt_len, request.max_output_tokens)
+        )
+        prepared.inputs.append(engine_input)
+        prepared.params.append(params)
+        prepared.serving = self.serving.responses_state(request, params, engine_input)
 
     def _prepare_completion(self, prepared: PreparedRequest) -> None:
         request = prepared.request

@@ -26,7 +26,18 @@ _CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 # Engines kept alive between runs of one process when ``keep_loaded`` is set.
 _KEPT: dict[str, "LLM"] = {}
 # Settings of the loop around the engine, not of the engine: one kept engine serves them all.
-_LOOP_ONLY = frozenset({"model_aliases", "clamp_max_tokens", "max_pending_requests", "keep_loaded"})
+_LOOP_ONLY = frozenset(
+    {
+        "model_aliases",
+        "clamp_max_tokens",
+        "max_pending_requests",
+        "keep_loaded",
+        # vLLM's serving layer reads these, not the engine (as in vllm serve).
+        "tool_call_parser",
+        "enable_auto_tool_choice",
+        "reasoning_parser",
+    }
+)
 # Settings of pool mode: an engine in the run never reads them.
 POOL_FIELDS = frozenset(
     {
@@ -89,6 +100,27 @@ class VLLMEngine(dg.ConfigurableResource):
     max_pending_requests: int = Field(
         default=0,
         description="Requests queued in the engine at once; 0 means 4 x max_num_seqs.",
+    )
+    disable_any_whitespace: bool = Field(
+        default=False,
+        description="JSON structured output without free whitespace (the xgrammar backend), as "
+        "vllm serve --structured-outputs-config.disable_any_whitespace: a weak model cannot "
+        "loop on newlines inside JSON.",
+    )
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM's tool-call parser (vllm serve --tool-call-parser: hermes, llama3_json, "
+        "mistral, ...): a chat answer's tool calls become message.tool_calls.",
+    )
+    enable_auto_tool_choice: bool = Field(
+        default=False,
+        description="Let the model decide to call tools (tool_choice auto), as vllm serve "
+        "--enable-auto-tool-choice; needs tool_call_parser.",
+    )
+    reasoning_parser: str | None = Field(
+        default=None,
+        description="vLLM's reasoning parser (vllm serve --reasoning-parser: qwen3, "
+        "deepseek_r1, ...): the thinking goes to message.reasoning, the answer to content.",
     )
     keep_loaded: bool = Field(
         default=False,
@@ -207,6 +239,11 @@ class VLLMEngine(dg.ConfigurableResource):
             or (_CPU_DEFAULT_KV_CACHE_BYTES if on_cpu else None),
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if self.disable_any_whitespace:
+            kwargs["structured_outputs_config"] = {
+                "backend": "xgrammar",
+                "disable_any_whitespace": True,
+            }
         logger.info("loading vLLM engine for %s (runner=%s)", self.model, runner)
         return LLM(**kwargs)
 

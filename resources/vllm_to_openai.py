@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from resources.endpoints import CHAT_URL, COMPLETIONS_URL
+from resources.endpoints import CHAT_URL, COMPLETIONS_URL, RESPONSES_URL
 from resources.openai_to_vllm import PreparedRequest
+from resources.vllm_serving import ServingLayer
 
 # vLLM reports -inf for impossible tokens; JSON has no infinity, so clamp as vLLM's server does.
 _MIN_LOGPROB = -9999.0
@@ -24,9 +25,10 @@ def _finish_reason(reason: str | None) -> str:
 class ResponseBuilder:
     """Build response bodies for one engine; ``tokenizer`` decodes logprob tokens."""
 
-    def __init__(self, model_name: str, tokenizer: Any):
+    def __init__(self, model_name: str, tokenizer: Any, serving: ServingLayer | None = None):
         self.model_name = model_name
         self.tokenizer = tokenizer
+        self.serving = serving
 
     def _token_text(self, token_id: int, decoded: str | None) -> str:
         return decoded if decoded is not None else self.tokenizer.decode([token_id])
@@ -93,7 +95,22 @@ class ResponseBuilder:
     def build(
         self, prepared: PreparedRequest, outputs: list[Any], response_id: str, created: int
     ) -> dict[str, Any]:
-        """The response body for ``prepared`` from its finished engine outputs, in order."""
+        """The response body for ``prepared`` from its finished engine outputs, in order.
+
+        A request that vLLM's serving layer rendered (tools, parsers, Responses) gets the
+        body that layer builds, ``vllm serve``'s own.
+        """
+        if prepared.serving is not None:
+            assert self.serving is not None
+            if prepared.endpoint == RESPONSES_URL:
+                return self.serving.responses_body(
+                    prepared.request, prepared.serving, outputs[0], f"resp_{response_id}"
+                )
+            body = self.serving.chat_body(
+                prepared.request, prepared.serving, outputs[0], f"chatcmpl-{response_id}"
+            )
+            body["created"] = created
+            return body
         if prepared.endpoint == CHAT_URL:
             return self._chat(prepared, outputs[0], response_id, created)
         if prepared.endpoint == COMPLETIONS_URL:

@@ -10,12 +10,25 @@ import json
 import random
 from pathlib import Path
 
+# Tools, when a request has them, come first in a system turn (as Hermes-style templates do);
+# an assistant's tool calls render as <tool_call>JSON</tool_call>, which vLLM's hermes parser
+# reads back. A prompt without tools renders exactly as before.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{{ '<|' + m['role'] + '|>' }}{{ m['content'] }}{{ eos_token }}"
+    "{{ bos_token }}"
+    "{% if tools %}{{ '<|system|>' }}{% for t in tools %}{{ t | tojson }}{% endfor %}"
+    "{{ eos_token }}{% endif %}"
+    "{% for m in messages %}"
+    "{{ '<|' + m['role'] + '|>' }}{% if m['content'] %}{{ m['content'] }}{% endif %}"
+    "{% for c in m.get('tool_calls') or [] %}{{ '<tool_call>' }}"
+    "{{ {'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson }}"
+    "{{ '</tool_call>' }}{% endfor %}{{ eos_token }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+# Markup of tool calls (vLLM's hermes tool parser) and of reasoning (its qwen3 reasoning
+# parser): plain added tokens, as in those models, so they stay in the decoded text. They are
+# appended after the model is built, so every other id and weight is what it was.
+MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 WORDS = (
     "the a batch model prompt token result file night slot queue engine data lake "
     "sensor asset run write read fast slow green blue red cat dog tree river stone "
@@ -58,7 +71,6 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 512
-    fast.save_pretrained(out_dir)
 
     vocab = len(fast)
     torch.manual_seed(seed)
@@ -84,6 +96,12 @@ def build(out_dir: Path, seed: int = 0) -> Path:
         head = model.lm_head.weight
         head.mul_(50.0)
         head[fast.all_special_ids] = 0.0
+    fast.add_tokens(MARKUP_TOKENS)
+    model.resize_token_embeddings(len(fast), mean_resizing=False)
+    with torch.no_grad():  # the markup never wins a plain greedy step (ties go to lower ids)
+        model.lm_head.weight[vocab:] = 0.0
+    model.config.vocab_size = len(fast)
+    fast.save_pretrained(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     config_path = out_dir / "generation_config.json"
     if config_path.exists():  # keep vLLM's default sampling the OpenAI one

@@ -71,7 +71,7 @@ def test_uploads_to_a_local_inbox_run_once_one_at_a_time_and_the_ui_renders(tiny
     storage = BatchStorage(root=str(tmp_path / "storage"))
     dev = _run_uploads(storage, {}, tmp_path / "home", uploads=3)
     try:
-        # One GPU pool slot (the shipped dagster.yaml): the three runs never overlapped.
+        # One batch/gpu run at a time (the shipped dagster.yaml): the three never overlapped.
         with dg.DagsterInstance.from_config(str(dev.home)) as instance:
             records = instance.get_run_records(dg.RunsFilter(job_name="batch_job"))
         spans = sorted((r.start_time, r.end_time) for r in records)

@@ -12,8 +12,9 @@ import pytest
 from batch_assets.batch_object import BatchPaths, register_batch
 from batch_assets.cancellation import request_cancel
 from batch_assets.cli import run_file
+from batch_assets.inference_run import OVERNIGHT_PRIORITY
 from batch_assets.journal import journaled_lines
-from resources.layout import JOURNAL_SEGMENT_SUFFIX
+from resources.layout import JOURNAL_SEGMENT_SUFFIX, SLOT_END_TAG, SLOT_TAG
 from resources.storage import BatchStorage
 from resources.vllm_engine import VLLMEngine
 from tests.conftest import (
@@ -294,3 +295,32 @@ def test_a_request_that_keeps_getting_5xx_becomes_an_error_line(engine, up, tmp_
         assert response["status_code"] == 500
         assert response["body"]["error"]["message"] == "engine overloaded"
     assert sum(e["error"] is not None and e["error"]["line"] == 4 for e in errors) == 1
+
+
+def test_overnight_pool_runs_yield_priority_when_the_servers_schedule_by_it(
+    engine, up, tmp_path, instance
+):
+    storage = BatchStorage(root=str(tmp_path / "storage"))
+    night, day = tmp_path / "night.jsonl", tmp_path / "day.jsonl"
+    night.write_text(chat_requests("n", 2, max_tokens=4))
+    day.write_text(chat_requests("d", 2, max_tokens=4))
+    slot = {SLOT_TAG: "overnight", SLOT_END_TAG: f"{time.time() + 3600:.0f}"}
+    with failing_server(up[0]) as recorder:  # records what is sent; answers 503
+        pool = _pool(engine, [recorder.url], priority_scheduling=True)
+        run_file(night, storage, pool, instance=instance, tags=slot)
+        run_file(day, storage, pool, instance=instance)
+        plain = _pool(engine, [recorder.url])
+        run_file(
+            tmp_path / "day.jsonl",
+            BatchStorage(root=str(tmp_path / "other")),
+            plain,
+            instance=instance,
+        )
+    sent = {}
+    for body in recorder.bodies:
+        sent.setdefault(body["messages"][0]["content"].split()[1][0], set()).add(
+            body.get("priority")
+        )
+    # vLLM's priority: lower goes first. Without priority_scheduling none is sent (an fcfs
+    # server refuses a non-zero one).
+    assert sent == {"n": {OVERNIGHT_PRIORITY}, "d": {0, None}}

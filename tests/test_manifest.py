@@ -1,4 +1,5 @@
-"""The typed manifest: a manifest of the current format reads; another format fails the batch."""
+"""Formats across releases: a manifest of the current format reads and another fails the
+batch; a journal written before reasoning tokens reads beside a new one."""
 
 import json
 
@@ -7,9 +8,10 @@ import dagster as dg
 from batch_assets.batch_object import read_batch, read_source, register_batch
 from batch_assets.input_file import batch_input
 from batch_assets.jobs import batch_assets
+from batch_assets.journal import JournalIndex, JournalRecord, JournalWriter, read_journal
 from batch_assets.manifest import MANIFEST_FORMAT, read_manifest
 from batch_assets.partitions import batch_partitions
-from resources.layout import BatchPaths
+from resources.layout import BatchPaths, journal_segment
 from resources.storage import BatchStorage
 from tests.conftest import chat_requests
 
@@ -71,3 +73,19 @@ def test_a_manifest_of_an_unknown_format_fails_the_batch_with_the_reason(tmp_pat
     (error,) = batch["errors"]["data"]
     assert error["code"] == "unknown_manifest_format"
     assert "format 7" in error["message"] and f"reads format {MANIFEST_FORMAT}" in error["message"]
+
+
+def test_a_journal_of_the_previous_release_still_reads_beside_a_new_one(tmp_path):
+    storage = BatchStorage(root=str(tmp_path))
+    prefix = BatchPaths("batch_old").journal
+    # Before reasoning tokens: line, status, prompt, completion, cached, body.
+    old = b'1\t200\t5\t7\t2\t{"a":1}\n2\t400\t0\t0\t0\t{"error":{"message":"no"}}\n'
+    storage.write_bytes(journal_segment(prefix, "0001-old"), old)
+    with JournalWriter(storage, prefix, "0002-new") as journal:
+        journal.write(JournalRecord(3, 200, 1, 4, 0, '{"b":2}', reasoning_tokens=3))
+    records = read_journal(storage, prefix)
+    assert records[1] == JournalRecord(1, 200, 5, 7, 2, '{"a":1}', 0)
+    assert records[2].status_code == 400 and records[2].body == '{"error":{"message":"no"}}'
+    assert records[3] == JournalRecord(3, 200, 1, 4, 0, '{"b":2}', 3)
+    with JournalIndex(storage, prefix) as index:
+        assert (index.prompt_tokens, index.completion_tokens, index.reasoning_tokens) == (6, 11, 3)

@@ -80,7 +80,11 @@ BAD_LINES = {
         "invalid_request",
     ),
     "GET method": (request_line("m", chat_body(), method="GET"), "invalid_method"),
-    "unsupported url": (request_line("u", chat_body(), url="/v1/responses"), "invalid_url"),
+    "unsupported url": (request_line("u", chat_body(), url="/v1/audio/speech"), "invalid_url"),
+    "a Responses line in a chat batch": (
+        request_line("r", {"model": MODEL_NAME, "input": "x"}, url="/v1/responses"),
+        "url_mismatch",
+    ),
     "other endpoint": (
         request_line("e", {"model": MODEL_NAME, "input": "x"}, url="/v1/embeddings"),
         "url_mismatch",
@@ -112,6 +116,15 @@ def test_each_bad_line_becomes_an_error_row_and_the_rest_goes_on(tmp_path, case)
     assert errors[2]["code"] == code
     assert errors[2]["message"]
     assert report.valid == 2 and report.invalid == 1
+
+
+def test_a_responses_line_without_input_is_an_invalid_body(tmp_path):
+    good = request_line("ok", {"model": MODEL_NAME, "input": "hi"}, url="/v1/responses")
+    bad = request_line("bad", {"model": MODEL_NAME, "input": []}, url="/v1/responses")
+    report, errors, rows = _validate(tmp_path, (good + "\n" + bad + "\n").encode())
+    assert [r["custom_id"] for r in rows] == ["ok"]
+    assert errors[2]["code"] == "invalid_body" and "`input` is required" in errors[2]["message"]
+    assert report.endpoint == "/v1/responses"
 
 
 def test_duplicate_custom_id_keeps_the_first_occurrence(tmp_path):

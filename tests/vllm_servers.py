@@ -40,8 +40,15 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
 class VLLMServer:
     """``python -m vllm.entrypoints.openai.api_server`` on the tiny model, in its own session."""
 
-    def __init__(self, model: Path, log_dir: Path, served_model_name: str = MODEL_NAME):
+    def __init__(
+        self,
+        model: Path,
+        log_dir: Path,
+        served_model_name: str = MODEL_NAME,
+        extra: list[str] | None = None,
+    ):
         self.model, self.log_dir, self.served_model_name = model, log_dir, served_model_name
+        self.extra = extra or []  # further vllm serve flags
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -51,7 +58,7 @@ class VLLMServer:
 
     def start(self) -> "VLLMServer":
         log = (self.log_dir / f"vllm-{self.port}.log").open("ab")
-        command = server_command(self.port, self.served_model_name, self.model)
+        command = server_command(self.port, self.served_model_name, self.model, self.extra)
         self.process = subprocess.Popen(
             command, env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -111,6 +118,9 @@ class FailingServer:
     url: str
     posts: int = 0
 
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []  # every POST body received
+
 
 @contextmanager
 def failing_server(backend: VLLMServer, status: int = 503) -> Iterator[FailingServer]:
@@ -125,9 +135,10 @@ def failing_server(backend: VLLMServer, status: int = 503) -> Iterator[FailingSe
             self._send(code, text.encode())
 
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             with lock:
                 failing.posts += 1
+                failing.bodies.append(body)
             error = {
                 "error": {"message": "engine overloaded", "type": "server_error", "code": status}
             }
