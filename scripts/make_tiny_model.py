@@ -29,6 +29,7 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant
 # parser): plain added tokens, as in those models, so they stay in the decoded text. They are
 # appended after the model is built, so every other id and weight is what it was.
 MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+VERSION = 2  # 2: the markup tokens and the template that renders tools
 WORDS = (
     "the a batch model prompt token result file night slot queue engine data lake "
     "sensor asset run write read fast slow green blue red cat dog tree river stone "
@@ -106,13 +107,21 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     config_path = out_dir / "generation_config.json"
     if config_path.exists():  # keep vLLM's default sampling the OpenAI one
         config_path.unlink()
-    (out_dir / "README.md").write_text(json.dumps({"built_by": __file__, "seed": seed}))
+    stamp = {"built_by": __file__, "seed": seed, "version": VERSION}
+    (out_dir / "README.md").write_text(json.dumps(stamp))
     return out_dir
 
 
+def _version(out_dir: Path) -> int:
+    try:
+        return int(json.loads((out_dir / "README.md").read_text()).get("version", 1))
+    except (OSError, ValueError):
+        return 0
+
+
 def ensure(out_dir: Path) -> Path:
-    """Build the model unless ``out_dir`` already holds one."""
-    if not (out_dir / "model.safetensors").exists():
+    """Build the model unless ``out_dir`` already holds this version of it."""
+    if not (out_dir / "model.safetensors").exists() or _version(out_dir) != VERSION:
         build(out_dir)
     return out_dir
 
