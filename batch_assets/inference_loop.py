@@ -52,6 +52,14 @@ class LoopStats:
     stopped_at_deadline: bool = False  # stopped taking new requests; the rest waits
     cancelled: bool = False  # a cancel request stopped the loop; in-flight requests aborted
 
+    def count(self, record: JournalRecord) -> None:
+        """Count one journaled line: an answer (200) or an error line."""
+        self.requests += 1
+        self.rejected += record.status_code != 200
+        self.prompt_tokens += record.prompt_tokens
+        self.completion_tokens += record.completion_tokens
+        self.cached_tokens += record.cached_tokens
+
     @property
     def requests_per_s(self) -> float:
         return self.requests / self.wall_s if self.wall_s else 0.0
@@ -184,10 +192,12 @@ class InferenceLoop:
         stats.wall_s = time.monotonic() - started
         return stats
 
+    def _journal(self, record: JournalRecord, stats: LoopStats) -> None:
+        self.journal.write(record)
+        stats.count(record)
+
     def _reject(self, line: int, error: RequestRejected, stats: LoopStats) -> None:
-        self.journal.write(JournalRecord(line, 400, 0, 0, 0, dumps(error.error_body())))
-        stats.requests += 1
-        stats.rejected += 1
+        self._journal(JournalRecord.error(line, 400, dumps(error.error_body())), stats)
 
     def _submit(
         self,
@@ -227,13 +237,6 @@ class InferenceLoop:
                 state.prepared, outputs, response_id(self.batch_id, line), int(time.time())
             )
         except ServingRejected as rejected:  # vLLM's serving layer refused the output
-            self.journal.write(JournalRecord(line, rejected.status, 0, 0, 0, dumps(rejected.body)))
-            stats.requests += 1
-            stats.rejected += 1
+            self._journal(JournalRecord.error(line, rejected.status, dumps(rejected.body)), stats)
             return
-        record = JournalRecord.answer(line, body, dumps(body))
-        self.journal.write(record)
-        stats.requests += 1
-        stats.prompt_tokens += record.prompt_tokens
-        stats.completion_tokens += record.completion_tokens
-        stats.cached_tokens += record.cached_tokens
+        self._journal(JournalRecord.answer(line, body, dumps(body)), stats)

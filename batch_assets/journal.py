@@ -40,6 +40,11 @@ class JournalRecord:
     reasoning_tokens: int = 0  # of completion_tokens: the thinking of a reasoning model
 
     @classmethod
+    def error(cls, line: int, status_code: int, body_json: str) -> "JournalRecord":
+        """The record of an error answer (4xx, 5xx): no tokens."""
+        return cls(line, status_code, 0, 0, 0, body_json)
+
+    @classmethod
     def answer(cls, line: int, body: dict[str, Any], body_json: str) -> "JournalRecord":
         """The 200 record of an OpenAI answer body: its token counts read from its usage
         (chat and completions: prompt/completion tokens; Responses: input/output tokens)."""

@@ -174,18 +174,14 @@ class ServerLoop:
         return False
 
     def _journal(self, line: int, answer: Answer, stats: LoopStats) -> None:
-        body = answer.body
-        if answer.status != 200:
-            self.journal.write(JournalRecord(line, answer.status, 0, 0, 0, dumps(body)))
-            stats.requests += 1
-            stats.rejected += 1
-            return
-        record = JournalRecord.answer(line, body, dumps(body))
+        body_json = dumps(answer.body)
+        record = (
+            JournalRecord.answer(line, answer.body, body_json)
+            if answer.status == 200
+            else JournalRecord.error(line, answer.status, body_json)
+        )
         self.journal.write(record)
-        stats.requests += 1
-        stats.prompt_tokens += record.prompt_tokens
-        stats.completion_tokens += record.completion_tokens
-        stats.cached_tokens += record.cached_tokens
+        stats.count(record)
 
     def _unavailable(self) -> str:
         servers = ", ".join(str(s) for s in self.pool.servers)

@@ -1,4 +1,4 @@
-"""Real vLLM OpenAI servers for the pool tests (scripts/engine_server.py), and a failing one."""
+"""Real vLLM OpenAI servers for the pool tests (scripts/engine_server.py), and a recorder."""
 
 import json
 import os
@@ -124,8 +124,8 @@ class FailingServer:
 
 @contextmanager
 def failing_server(backend: VLLMServer, status: int = 503) -> Iterator[FailingServer]:
-    """A server that passes health and model checks to ``backend`` but answers every POST
-    with ``status``: a broken replica (a stand-in; the test is about our retries)."""
+    """A stand-in that passes health and model checks to ``backend``, records every POST body
+    and answers it ``status``: for checking what this project sends."""
     failing = FailingServer()
     lock = threading.Lock()
 
