@@ -102,20 +102,24 @@ def _materialize(
     tags: dict[str, str],
 ) -> "dg.ExecuteInProcessResult":
     import dagster as dg
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
 
     from batch_assets.jobs import batch_assets
 
     instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
-    return dg.materialize(
-        batch_assets,
-        selection=job.selection,
-        partition_key=key,
-        instance=instance,
-        resources={"storage": storage, "engine": engine},
-        run_config=run_config,
-        raise_on_error=False,
-        tags=tags,
-    )
+    # Dagster loads the definitions against the process's current instance state, not the
+    # one passed in; make them the same (a closed instance left current would fail the load).
+    with set_defs_state_storage(instance.defs_state_storage):
+        return dg.materialize(
+            batch_assets,
+            selection=job.selection,
+            partition_key=key,
+            instance=instance,
+            resources={"storage": storage, "engine": engine},
+            run_config=run_config,
+            raise_on_error=False,
+            tags=tags,
+        )
 
 
 def _after(

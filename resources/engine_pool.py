@@ -187,11 +187,14 @@ class ServerPool:
     def pick(self, avoid: Server | None = None) -> Server | None:
         """The up server with the fewest requests in flight and room in its window.
 
-        ``avoid`` (the server a request just failed on) is taken only when no other has room.
+        ``avoid`` (the server a request just failed on) is never picked while another server
+        is up: the request waits for room there rather than failing on ``avoid`` again.
         """
-        free = [s for s in self.servers if s.up and s.in_flight < self.window]
-        others = [s for s in free if s is not avoid] or free
-        return min(others, key=lambda s: s.in_flight, default=None)
+        up = [s for s in self.servers if s.up]
+        if avoid is not None and any(s is not avoid for s in up):
+            up = [s for s in up if s is not avoid]
+        free = [s for s in up if s.in_flight < self.window]
+        return min(free, key=lambda s: s.in_flight, default=None)
 
     def _mark_down(self, server: Server) -> None:
         """Take ``server`` out until a probe passes: at once after a first fault (a dropped
