@@ -3,8 +3,8 @@
 import dagster as dg
 
 from batch_assets.jobs import batch_assets, batch_job, cancel_job, preview_job
+from resources.engines.vllm_engine import VLLMEngine
 from resources.storage import BatchStorage
-from resources.vllm_engine import VLLMEngine
 from sensors import definitions as sensor_definitions
 
 

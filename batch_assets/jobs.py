@@ -4,12 +4,12 @@ import json
 
 import dagster as dg
 
-from batch_assets.inference_run import batch_inference
-from batch_assets.input_file import batch_input
-from batch_assets.preview import batch_preview
-from batch_assets.result_files import batch_results
+from batch_assets.inference.asset import batch_inference
+from batch_assets.results.preview import batch_preview
+from batch_assets.input.asset import batch_input
+from batch_assets.results.asset import batch_results
+from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import ENGINE_POOL_TAGS, GPU_TAGS, K8S_CONFIG_TAG
-from resources.vllm_engine import VLLMEngine
 
 
 def engine_run_tags(engine: VLLMEngine) -> dict[str, str]:

@@ -143,8 +143,8 @@ def build(
 def check_on_cpu(requests: int = 8, max_tokens: int = 32) -> dict[str, Any]:
     """Load a tiny-shaped, 128k-vocabulary dummy model through ``VLLMEngine`` on CPU and
     answer a few chat requests with the project's inference loop; assert they all decode."""
-    from batch_assets.journal import read_journal
     from benchmarks.inprocess import Bench, sampling
+    from resources.journal import read_journal
 
     work = Path(tempfile.mkdtemp(prefix="gpu-model-check-"))
     folder = build(work / "model", TINY_WITH_8B_VOCAB)

@@ -41,7 +41,7 @@ def pending(storage: Any, manifest: Any) -> Iterable[tuple[int, str]]:
     """Every request of ``manifest`` in engine order, as the asset reads them (none done)."""
     import numpy as np
 
-    from batch_assets.inference_run import pending_requests
+    from batch_assets.inference.asset import pending_requests
 
     return pending_requests(storage, manifest, np.empty(0, dtype=np.int64))
 
@@ -79,9 +79,9 @@ class Bench:
     """The engine, the workload's requests, and the timed runs of each side."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        from resources.engines.vllm_engine import VLLMEngine
         from resources.layout import BatchPaths
         from resources.storage import BatchStorage
-        from resources.vllm_engine import VLLMEngine
 
         self.endpoint: str = spec["endpoint"]
         self.pooling = self.endpoint == EMBEDDINGS_URL
@@ -107,7 +107,7 @@ class Bench:
         self.paths = {"phase": BatchPaths("batch_ordered")}
         if spec.get("prefix_compare"):
             self.paths["phase_unordered"] = BatchPaths("batch_unordered")
-        self.manifests: dict[str, Any] = {}  # side -> its batch_assets.manifest.Manifest
+        self.manifests: dict[str, Any] = {}  # side -> its batch_assets.input.manifest.Manifest
         self.ordering: dict[str, Any] = {}
 
     def engine_info(self) -> dict[str, Any]:
@@ -131,8 +131,8 @@ class Bench:
 
     def validate(self) -> None:
         """Validate the file into shards: prefix ordering on (the default) and, if asked, off."""
-        from batch_assets.batch_object import SourceRef
-        from batch_assets.validation import Limits, save_manifest, validate_input
+        from batch_assets.input.validation import Limits, save_manifest, validate_input
+        from batch_assets.lifecycle.batches import SourceRef
 
         info = self.storage.stat(UPLOAD_KEY)
         source = SourceRef(key=UPLOAD_KEY, version=info.version, size=info.size)
@@ -183,10 +183,10 @@ class Bench:
 
     def run_phase(self, side: str, attempt: str, limit: int | None = None) -> Run:
         """Side (2): the asset's inference loop over the shards of ``side``, journaled."""
-        from batch_assets.inference_loop import InferenceLoop
-        from batch_assets.journal import JournalWriter
-        from resources.openai_to_vllm import RequestBuilder
-        from resources.vllm_to_openai import ResponseBuilder
+        from resources.engines.inference_loop import InferenceLoop
+        from resources.engines.openai_to_vllm import RequestBuilder
+        from resources.engines.vllm_to_openai import ResponseBuilder
+        from resources.journal import JournalWriter
 
         paths, manifest = self.paths[side], self.manifests[side]
         self.storage.delete_prefix(paths.journal)
@@ -221,7 +221,7 @@ class Bench:
 
     def _check_journal(self, side: str, output_tokens: int) -> None:
         """A full run journaled one status-200 answer per request and every output token."""
-        from batch_assets.journal import read_journal
+        from resources.journal import read_journal
 
         records = read_journal(self.storage, self.paths[side].journal)
         assert len(records) == self.n, f"{side}: {len(records)} journaled of {self.n}"

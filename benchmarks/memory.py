@@ -55,8 +55,8 @@ def write_file(path: Path, lines: int, served: str, seed: int = 0) -> int:
 
 def child(root: str, key: str, served: str) -> dict[str, Any]:
     """Validate ``key`` into shards under ``root``; this process's figures."""
-    from batch_assets.batch_object import BatchPaths
-    from batch_assets.validation import Limits, validate_input
+    from batch_assets.input.validation import Limits, validate_input
+    from batch_assets.lifecycle.batches import BatchPaths
     from resources.storage import BatchStorage
 
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

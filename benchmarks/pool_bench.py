@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from batch_assets.batch_object import list_batches
+from batch_assets.lifecycle.batches import list_batches
 from benchmarks.api_bench import _dagster_dev
 from benchmarks.commands import run_logged, subprocess_env, vllm_env
 from benchmarks.measure import log

@@ -1,6 +1,6 @@
 """Engine settings shared by every side of a workload, and how each side is told them.
 
-The settings are a ``resources.vllm_engine.VLLMEngine``: sides (1) and (2) build one from
+The settings are a ``resources.engines.vllm_engine.VLLMEngine``: sides (1) and (2) build one from
 :meth:`engine_fields`; ``batch-infer run`` gets the same fields as its engine flags, generated
 from the resource's fields (:meth:`batch_infer_args`),
 ``run_batch`` and the API server as vLLM's engine flags (:meth:`vllm_args`). Scheduler limits
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch_assets.engine_flags import engine_flags
+from batch_assets.cli.engine_flags import engine_flags
 from benchmarks.workloads import GiB
-from resources.vllm_engine import POOL_FIELDS, VLLMEngine
+from resources.engines.vllm_engine import POOL_FIELDS, VLLMEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "models" / "tiny-chat"

@@ -9,8 +9,8 @@ partition (``cancel_sensor`` then publishes it).
 
 import dagster as dg
 
-from batch_assets.batch_object import TERMINAL_STATUSES, read_batch
 from batch_assets.jobs import batch_job
+from batch_assets.lifecycle.batches import TERMINAL_STATUSES, read_batch
 from batch_assets.partitions import BATCH_PARTITIONS, batch_partitions, partition_key
 from resources.layout import API_QUEUE, INPUT_TAG, PARTITION_TAG, PROJECT_TAG, batch_id_of
 from resources.storage import BatchStorage

@@ -1,18 +1,18 @@
 """Cancellation: cancel requests in the storage, and runs terminated in the Dagster UI.
 
-A cancel request (an object under ``<root>/cancel/``, see :mod:`batch_assets.cancellation`) moves
-the batch to ``cancelling``. A batch run in progress sees the request itself and finishes
-the batch as ``cancelled``; queued runs of the batch are cancelled, and a batch with no run
-in progress is published by ``cancel_job`` (no engine, no GPU). Once the batch is finished,
-the request object is removed. Terminating a batch run in the UI or through the GraphQL API
-is a cancel request too.
+A cancel request (an object under ``<root>/cancel/``, see
+:mod:`batch_assets.lifecycle.cancellation`) moves the batch to ``cancelling``. A batch run
+in progress sees the request itself and finishes the batch as ``cancelled``; queued runs of
+the batch are cancelled, and a batch with no run in progress is published by ``cancel_job``
+(no engine, no GPU). Once the batch is finished, the request object is removed. Terminating
+a batch run in the UI or through the GraphQL API is a cancel request too.
 """
 
 import dagster as dg
 
-from batch_assets.batch_object import TERMINAL_STATUSES
-from batch_assets.cancellation import mark_cancelling, request_cancel
 from batch_assets.jobs import batch_job, cancel_job, preview_job
+from batch_assets.lifecycle.batches import TERMINAL_STATUSES
+from batch_assets.lifecycle.cancellation import mark_cancelling, request_cancel
 from batch_assets.partitions import BATCH_PARTITIONS, open_batch, partition_key
 from resources.layout import CANCEL, PARTITION_TAG, BatchPaths, api_queue_key, batch_id_of
 from resources.storage import BatchStorage

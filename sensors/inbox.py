@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from batch_assets.batch_object import read_batch, register_batch, update_batch
 from batch_assets.jobs import batch_job, preview_job
+from batch_assets.lifecycle.batches import read_batch, register_batch, update_batch
 from batch_assets.partitions import batch_partitions, partition_key
 from resources.layout import (
     INBOX,

@@ -12,8 +12,8 @@ import os
 
 import dagster as dg
 
-from batch_assets.batch_object import TERMINAL_STATUSES, read_batch
 from batch_assets.jobs import batch_job
+from batch_assets.lifecycle.batches import TERMINAL_STATUSES, read_batch
 from batch_assets.partitions import partition_key
 from resources.layout import OVERNIGHT_QUEUE, SLOT_END_TAG, SLOT_TAG, batch_id_of
 from resources.storage import BatchStorage

@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from batch_assets.batch_object import (
+from batch_assets.jobs import batch_job, cancel_job
+from batch_assets.lifecycle.batches import (
     TERMINAL_STATUSES,
     fail_batch,
     read_batch,
     root_cause_message,
 )
-from batch_assets.jobs import batch_job, cancel_job
 from batch_assets.partitions import open_batch
 from resources.layout import MAX_RETRIES, PARTITION_TAG, RETRY_NUMBER
 from resources.storage import BatchStorage

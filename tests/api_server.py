@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from api.app import APISettings, create_app
-from api.keys import KeyRing
+from batch_api.app import APISettings, create_app
+from batch_api.keys import KeyRing
 from resources.storage import BatchStorage
 from tests.seaweedfs import free_port
 

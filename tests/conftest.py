@@ -20,11 +20,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_tiny_model import ensure  # noqa: E402
 
-from batch_assets.batch_object import BatchPaths  # noqa: E402
-from batch_assets.cli import run_file  # noqa: E402
-from batch_assets.file_objects import read_file_record  # noqa: E402
+from batch_assets.cli.main import run_file  # noqa: E402
+from batch_assets.lifecycle.batches import BatchPaths  # noqa: E402
+from batch_assets.lifecycle.files import read_file_record  # noqa: E402
+from resources.engines.vllm_engine import VLLMEngine  # noqa: E402
 from resources.storage import BatchStorage  # noqa: E402
-from resources.vllm_engine import VLLMEngine  # noqa: E402
 
 MODEL_NAME = "tiny-chat"
 MAX_MODEL_LEN = 512

@@ -15,10 +15,10 @@ import openai
 import pytest
 from openai.types import Batch, FileObject
 
-from api.keys import KeyRing, digest
-from api.server import ServeRefused, check_settings
-from batch_assets.batch_object import register_batch, update_batch
-from batch_assets.file_objects import read_file_record
+from batch_api.keys import KeyRing, digest
+from batch_api.server import ServeRefused, check_settings
+from batch_assets.lifecycle.batches import register_batch, update_batch
+from batch_assets.lifecycle.files import read_file_record
 from resources.layout import FILES, FilePaths
 from resources.storage import BatchStorage
 from tests.api_server import api_server
@@ -152,7 +152,7 @@ def test_unknown_or_wrong_purpose_input_files(api, storage):
     # A batch's own output file (purpose batch_output) is not an input.
     storage.write_bytes("inbox/done.jsonl", chat_requests("d", 1).encode())
     batch_id = register_batch(storage, "inbox/done.jsonl")
-    from batch_assets.file_objects import record_batch_file
+    from batch_assets.lifecycle.files import record_batch_file
 
     storage.write_bytes(f"outbox/{batch_id}/output.jsonl", b"")
     output_id = record_batch_file(storage, batch_id, "output", f"outbox/{batch_id}/output.jsonl")

@@ -8,10 +8,10 @@ import dagster as dg
 import openai.types as oa
 import pytest
 
-from batch_assets.batch_object import BatchPaths, read_batch, register_batch, update_batch
-from batch_assets.cancellation import request_cancel
-from batch_assets.cli import cancel_batch, run_file
-from batch_assets.journal import journaled_lines
+from batch_assets.cli.main import cancel_batch, run_file
+from batch_assets.lifecycle.batches import BatchPaths, read_batch, register_batch, update_batch
+from batch_assets.lifecycle.cancellation import request_cancel
+from resources.journal import journaled_lines
 from resources.storage import BatchStorage
 from sensors.cancel import cancel_sensor
 from tests.conftest import (

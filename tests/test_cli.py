@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_assets.cli import main
+from batch_assets.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,11 +12,11 @@ import dagster as dg
 import pytest
 from openai.types import Batch
 
-from batch_assets.cli import build_parser, main
-from batch_assets.cli_display import ProgressDisplay, logs_to_file
-from batch_assets.engine_flags import NOT_FLAGS, engine_flags, engine_from_args, flag_of
-from batch_assets.progress import Progress
-from resources.vllm_engine import VLLMEngine
+from batch_assets.cli.display import ProgressDisplay, logs_to_file
+from batch_assets.cli.engine_flags import NOT_FLAGS, engine_flags, engine_from_args, flag_of
+from batch_assets.cli.main import build_parser, main
+from resources.engines.progress import Progress
+from resources.engines.vllm_engine import VLLMEngine
 from tests.conftest import MODEL_NAME, ROOT, chat_requests, request_ids
 
 BATCH_INFER = str(ROOT / ".venv" / "bin" / "batch-infer")
@@ -24,7 +24,7 @@ BATCH_INFER = str(ROOT / ".venv" / "bin" / "batch-infer")
 
 def _help(*command: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "batch_assets.cli", *command, "--help"],
+        [sys.executable, "-m", "batch_assets.cli.main", *command, "--help"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -198,7 +198,7 @@ def test_run_is_quiet_then_status_and_list_read_the_batch(tmp_path, tiny_model):
 
 
 def test_list_orders_batches_newest_first_across_projects(tmp_path, capsys, monkeypatch):
-    from batch_assets.batch_object import register_batch, update_batch
+    from batch_assets.lifecycle.batches import register_batch, update_batch
     from resources.storage import BatchStorage
 
     storage = BatchStorage(root=str(tmp_path), projects=["team-a", "team-b"])

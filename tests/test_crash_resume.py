@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_assets.journal import JournalIndex
+from resources.journal import JournalIndex
 from resources.storage import BatchStorage
 from tests.conftest import (
     MODEL_NAME,

@@ -20,8 +20,8 @@ from dagster_k8s.job import construct_dagster_k8s_job
 from kubernetes.client import ApiClient
 
 from batch_assets.jobs import engine_run_tags
+from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import ENGINE_POOL_TAG, GPU_TAG
-from resources.vllm_engine import VLLMEngine
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"

@@ -8,11 +8,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from batch_assets.batch_object import BatchPaths, read_batch, register_batch
-from batch_assets.cli import run_file
+from batch_assets.cli.main import run_file
 from batch_assets.jobs import batch_assets
-from batch_assets.journal import journaled_lines
-from batch_assets.result_files import batch_results
+from batch_assets.lifecycle.batches import BatchPaths, read_batch, register_batch
+from batch_assets.results.asset import batch_results
+from resources.journal import journaled_lines
 from resources.storage import BatchStorage
 from tests.conftest import chat_requests, read_jsonl, request_ids
 

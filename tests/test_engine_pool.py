@@ -9,14 +9,14 @@ import openai.types as oa
 import openai.types.chat as oc
 import pytest
 
-from batch_assets.batch_object import BatchPaths, register_batch
-from batch_assets.cancellation import request_cancel
-from batch_assets.cli import run_file
-from batch_assets.inference_run import OVERNIGHT_PRIORITY
-from batch_assets.journal import journaled_lines
+from batch_assets.cli.main import run_file
+from batch_assets.inference.asset import OVERNIGHT_PRIORITY
+from batch_assets.lifecycle.batches import BatchPaths, register_batch
+from batch_assets.lifecycle.cancellation import request_cancel
+from resources.engines.vllm_engine import VLLMEngine
+from resources.journal import journaled_lines
 from resources.layout import JOURNAL_SEGMENT_SUFFIX, SLOT_END_TAG, SLOT_TAG
 from resources.storage import BatchStorage
-from resources.vllm_engine import VLLMEngine
 from tests.conftest import (
     MODEL_NAME,
     chat_body,

@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from batch_assets.batch_object import BatchPaths, register_batch
-from batch_assets.cli import run_file
-from batch_assets.journal import journaled_lines
+from batch_assets.cli.main import run_file
+from batch_assets.lifecycle.batches import BatchPaths, register_batch
+from resources.journal import journaled_lines
 from resources.storage import BatchStorage
 from tests.conftest import (
     MAX_MODEL_LEN,
@@ -101,9 +101,9 @@ DRIVER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from batch_assets.cli import run_file
+    from batch_assets.cli.main import run_file
     from resources.storage import BatchStorage
-    from resources.vllm_engine import VLLMEngine
+    from resources.engines.vllm_engine import VLLMEngine
 
     if __name__ == "__main__":
         engine = VLLMEngine(

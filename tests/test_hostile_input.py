@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from batch_assets.batch_object import BatchPaths
-from batch_assets.line_reader import FileRejected
-from batch_assets.validation import Limits, validate_input
+from batch_assets.input.line_reader import FileRejected
+from batch_assets.input.validation import Limits, validate_input
+from batch_assets.lifecycle.batches import BatchPaths
 from resources.storage import BatchStorage, ObjectInfo, UnsafeKeyError
 from sensors.inbox import is_batch_upload
 from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line
@@ -124,8 +124,8 @@ MEMORY_CASES = {
 PROBE = textwrap.dedent(
     """
     import resource, sys
-    from batch_assets.batch_object import BatchPaths
-    from batch_assets.validation import FileRejected, Limits, validate_input
+    from batch_assets.lifecycle.batches import BatchPaths
+    from batch_assets.input.validation import FileRejected, Limits, validate_input
     from resources.storage import BatchStorage
     LINE = {line!r}
     storage = BatchStorage(root=sys.argv[1])

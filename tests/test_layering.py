@@ -15,15 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("resources", "batch_assets", "sensors", "api", "benchmarks")
+PACKAGES = ("resources", "batch_assets", "sensors", "batch_api", "benchmarks")
 LAYOUT = ROOT / "resources" / "layout.py"
-# Modules of batch_assets that define assets: sensors may name their jobs, not their innards.
-ASSET_MODULES = {
-    "batch_assets.input_file",
-    "batch_assets.inference_run",
-    "batch_assets.result_files",
-    "batch_assets.preview",
-}
 
 
 def _sources(*packages: str) -> list[Path]:
@@ -54,53 +47,98 @@ def _under(module: str, *packages: str) -> bool:
     return any(module == p or module.startswith(f"{p}.") for p in packages)
 
 
-def test_resources_import_neither_assets_nor_sensors():
-    assert _offences(("resources",), lambda _, m: _under(m, "batch_assets", "sensors")) == []
+# What each package may import from the project, lowest first: imports run one way, with no
+# exemption for any file. The stages of a batch import the ones before them (input <-
+# inference <- results), the jobs every stage, the sensors and the API only what they need.
+_STAGES = ("batch_assets.partitions", "batch_assets.lifecycle")
+MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    "resources": ("resources",),
+    "batch_assets.partitions": ("resources",),
+    "batch_assets.lifecycle": ("resources", "batch_assets.lifecycle"),
+    "batch_assets.input": ("resources", *_STAGES, "batch_assets.input"),
+    "batch_assets.inference": (
+        "resources",
+        *_STAGES,
+        "batch_assets.input",
+        "batch_assets.inference",
+    ),
+    "batch_assets.results": (
+        "resources",
+        *_STAGES,
+        "batch_assets.input",
+        "batch_assets.inference",
+        "batch_assets.results",
+    ),
+    "batch_assets.jobs": (
+        "resources",
+        *_STAGES,
+        "batch_assets.input",
+        "batch_assets.inference",
+        "batch_assets.results",
+    ),
+    # The API holds no Dagster definitions: it reads and writes the storage and the records.
+    "batch_api": ("resources", "batch_assets.lifecycle", "batch_api"),
+    # Sensors launch the jobs and read the records; they take no asset module's innards.
+    "sensors": ("resources", *_STAGES, "batch_assets.jobs", "sensors"),
+    # The code location puts the assets, the jobs and the sensors together.
+    "batch_assets.definitions": ("resources", "batch_assets", "sensors"),
+    # The command line: the runner, and the API's server (batch-infer serve); never the code
+    # location, so that `batch-infer status` and `list` load no sensors or assets.
+    "batch_assets.cli": (
+        "resources",
+        *_STAGES,
+        "batch_assets.input",
+        "batch_assets.inference",
+        "batch_assets.results",
+        "batch_assets.jobs",
+        "batch_assets.cli",
+        "batch_api",
+    ),
+}
+PROJECT = ("resources", "batch_assets", "sensors", "batch_api")
 
 
-def test_nothing_below_the_api_imports_it():
-    """Only the CLI's ``serve`` command starts the API (lazily)."""
-    offences = _offences(
-        ("resources", "batch_assets", "sensors"),
-        lambda p, m: p.name != "cli.py" and _under(m, "api"),
-    )
+def _package_of(path: Path) -> str:
+    """The entry of MAY_IMPORT that ``path`` belongs to (the longest that holds it)."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    owners = [p for p in MAY_IMPORT if _under(module, p)]
+    assert owners, f"{path.relative_to(ROOT)} belongs to no package of MAY_IMPORT"
+    return max(owners, key=len)
+
+
+def _layered(path: Path) -> bool:
+    """Every module but the top package's marker (``batch_assets/__init__.py``)."""
+    return path != ROOT / "batch_assets" / "__init__.py"
+
+
+def test_every_module_belongs_to_a_layer():
+    for path in filter(_layered, _sources(*PROJECT)):
+        _package_of(path)
+
+
+def test_imports_run_one_way():
+    offences = [
+        f"{path.relative_to(ROOT)}:{line} ({package}) imports {module}"
+        for path in filter(_layered, _sources(*PROJECT))
+        for package in [_package_of(path)]
+        for line, module in _imports(path)
+        if _under(module, *PROJECT) and not _under(module, *MAY_IMPORT[package])
+    ]
     assert offences == []
 
 
-def test_the_api_loads_neither_the_sensors_nor_the_assets():
-    """A replica of the API holds no Dagster definitions: it reads and writes the storage."""
-    heavy = ("sensors", "batch_assets.definitions", "batch_assets.jobs", *ASSET_MODULES)
-    assert _offences(("api",), lambda _, m: _under(m, *heavy)) == []
-
-
-def test_assets_do_not_import_sensors():
-    """Only the code location module, which puts assets and sensors together, imports both."""
-    offences = _offences(
-        ("batch_assets",), lambda p, m: p.name != "definitions.py" and _under(m, "sensors")
-    )
-    assert offences == []
+def test_the_layering_test_sees_an_offence():
+    """Not vacuous: an import against the direction is found."""
+    path = ROOT / "resources" / "storage.py"
+    package = _package_of(path)
+    assert not _under("batch_assets.lifecycle.batches", *MAY_IMPORT[package])
+    assert _package_of(ROOT / "batch_assets" / "cli" / "main.py") == "batch_assets.cli"
 
 
 def test_storage_backends_do_not_import_the_storage_facade():
     backends = {"local_backend.py", "s3_backend.py", "storage_base.py", "layout.py"}
     offences = _offences(
         ("resources",), lambda p, m: p.name in backends and m == "resources.storage"
-    )
-    assert offences == []
-
-
-def test_sensors_take_no_constants_from_asset_modules():
-    assert _offences(("sensors",), lambda _, m: m in ASSET_MODULES) == []
-
-
-def test_the_cli_does_not_load_the_code_location():
-    """``batch-infer status`` and ``list`` need no sensors, schedules or assets loaded."""
-    offences = _offences(
-        ("batch_assets",),
-        lambda p, m: (
-            p.name in ("cli.py", "cli_display.py", "engine_flags.py")
-            and (m == "batch_assets.definitions" or _under(m, "sensors"))
-        ),
     )
     assert offences == []
 

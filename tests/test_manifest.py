@@ -5,12 +5,12 @@ import json
 
 import dagster as dg
 
-from batch_assets.batch_object import read_batch, read_source, register_batch
-from batch_assets.input_file import batch_input
+from batch_assets.input.asset import batch_input
+from batch_assets.input.manifest import MANIFEST_FORMAT, read_manifest
 from batch_assets.jobs import batch_assets
-from batch_assets.journal import JournalIndex, JournalRecord, JournalWriter, read_journal
-from batch_assets.manifest import MANIFEST_FORMAT, read_manifest
+from batch_assets.lifecycle.batches import read_batch, read_source, register_batch
 from batch_assets.partitions import batch_partitions
+from resources.journal import JournalIndex, JournalRecord, JournalWriter, read_journal
 from resources.layout import BatchPaths, journal_segment
 from resources.storage import BatchStorage
 from tests.conftest import chat_requests

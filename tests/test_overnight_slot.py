@@ -7,12 +7,12 @@ from pathlib import Path
 import dagster as dg
 import openai.types as oa
 
-from batch_assets.batch_object import BatchPaths, read_batch, register_batch, update_batch
-from batch_assets.cli import run_file
+from batch_assets.cli.main import run_file
 from batch_assets.jobs import batch_assets, preview_job
-from batch_assets.journal import read_journal
+from batch_assets.lifecycle.batches import BatchPaths, read_batch, register_batch, update_batch
+from resources.engines.vllm_engine import VLLMEngine
+from resources.journal import read_journal
 from resources.storage import BatchStorage
-from resources.vllm_engine import VLLMEngine
 from tests.conftest import chat_body, read_jsonl, request_line
 
 

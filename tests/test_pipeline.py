@@ -8,7 +8,7 @@ import openai.types as oa
 import pytest
 from openai.types.chat import ChatCompletion
 
-from resources.vllm_engine import VLLMEngine
+from resources.engines.vllm_engine import VLLMEngine
 from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, chat_body, request_line, result_key
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from batch_assets.batch_object import BatchPaths, update_batch
-from batch_assets.cli import run_file
+from batch_assets.cli.main import run_file
+from batch_assets.lifecycle.batches import BatchPaths, update_batch
 from tests.conftest import chat_body, read_jsonl, request_line
 
 

@@ -6,8 +6,8 @@ import socket
 
 import dagster as dg
 
-from batch_assets.batch_object import read_batch, register_batch
-from batch_assets.inference_run import batch_inference
+from batch_assets.inference.asset import batch_inference
+from batch_assets.lifecycle.batches import read_batch, register_batch
 from resources.storage import BatchStorage
 from sensors.orphaned_runs import code_server_alive
 from sensors.run_status import batch_failure_sensor

@@ -9,7 +9,7 @@ import time
 import dagster as dg
 import pytest
 
-from batch_assets.batch_object import read_batch, update_batch
+from batch_assets.lifecycle.batches import read_batch, update_batch
 from resources.storage import BatchStorage
 from sensors.inbox import dump_cursors, inbox_sensor, parse_cursors
 from sensors.overnight import overnight_schedule

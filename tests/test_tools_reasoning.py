@@ -14,7 +14,7 @@ import openai.types.chat as oc
 import pytest
 from openai.types.responses import Response
 
-from resources.vllm_engine import VLLMEngine
+from resources.engines.vllm_engine import VLLMEngine
 from tests.conftest import MODEL_NAME, chat_body, request_line
 from tests.vllm_servers import VLLMServer, start_all
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from batch_assets.manifest import ShardRef
+from batch_assets.input.manifest import ShardRef
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 

@@ -3,14 +3,14 @@
 import dagster as dg
 from pydantic import Field
 
-from batch_assets.batch_object import fail_batch, read_batch, read_source, update_batch
-from batch_assets.file_objects import set_file_status
-from batch_assets.manifest import Manifest, manifest_or_fail
+from batch_assets.input.manifest import Manifest, manifest_or_fail
+from batch_assets.input.validation import FileRejected, Limits, save_manifest, validate_input
+from batch_assets.lifecycle.batches import fail_batch, read_batch, read_source, update_batch
+from batch_assets.lifecycle.files import set_file_status
 from batch_assets.partitions import batch_partitions, open_batch
-from batch_assets.validation import FileRejected, Limits, save_manifest, validate_input
+from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
-from resources.vllm_engine import VLLMEngine
 
 
 class InputLimits(dg.Config):

@@ -9,7 +9,7 @@ asset then publishes the finished lines in output.jsonl and every other request 
 errors.jsonl as ``batch_cancelled``, and the batch ends ``cancelled``.
 """
 
-from batch_assets.batch_object import TERMINAL_STATUSES, read_batch, update_batch
+from batch_assets.lifecycle.batches import TERMINAL_STATUSES, read_batch, update_batch
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 

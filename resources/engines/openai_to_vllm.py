@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL
-from resources.vllm_serving import ServingLayer, ServingRejected
+from resources.engines.vllm_serving import ServingLayer, ServingRejected
 
 if TYPE_CHECKING:
     from vllm import LLM

@@ -8,16 +8,16 @@ from typing import Any
 
 import dagster as dg
 
-from batch_assets.batch_object import read_batch, update_batch
-from batch_assets.cancellation import CANCELLED, cancel_requested, mark_cancelling
-from batch_assets.file_objects import record_batch_file
-from batch_assets.inference_loop import dumps, response_id
-from batch_assets.inference_run import batch_inference
-from batch_assets.journal import JournalIndex, JournalRecord
-from batch_assets.manifest import Manifest, manifest_or_fail
+from batch_assets.inference.asset import batch_inference
+from batch_assets.input.manifest import Manifest, manifest_or_fail
+from batch_assets.input.shards import iter_line_errors, read_shard
+from batch_assets.lifecycle.batches import read_batch, update_batch
+from batch_assets.lifecycle.cancellation import CANCELLED, cancel_requested, mark_cancelling
+from batch_assets.lifecycle.files import record_batch_file
 from batch_assets.partitions import batch_partitions, open_batch
-from batch_assets.progress import Progress, report_progress
-from batch_assets.shards import iter_line_errors, read_shard
+from resources.engines.inference_loop import dumps, response_id
+from resources.engines.progress import Progress, report_progress
+from resources.journal import JournalIndex, JournalRecord
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 

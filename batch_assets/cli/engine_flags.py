@@ -15,7 +15,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from resources.vllm_engine import DEFAULT_MODEL, VLLMEngine
+from resources.engines.vllm_engine import DEFAULT_MODEL, VLLMEngine
 
 # Settings of this process, not of a one-shot run's engine.
 NOT_FLAGS = frozenset({"keep_loaded"})

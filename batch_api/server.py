@@ -5,8 +5,8 @@ import socket
 
 import uvicorn
 
-from api.app import APISettings, create_app
-from api.keys import KeyRing
+from batch_api.app import APISettings, create_app
+from batch_api.keys import KeyRing
 from resources.storage import BatchStorage
 
 

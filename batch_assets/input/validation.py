@@ -1,7 +1,7 @@
 """Stream an input file, validate each line, and store the valid requests as parquet shards.
 
 The file is read line by line with a bounded buffer and written out a chunk at a time
-(:mod:`batch_assets.shards`), so memory does not grow with the file, with one enormous line
+(:mod:`batch_assets.input.shards`), so memory does not grow with the file, with one enormous line
 or with a flood of bad lines. Bad lines become error rows (line number, code, reason);
 problems with the file itself raise :class:`FileRejected`, which fails the batch with a
 readable reason.
@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from batch_assets.batch_object import SourceRef
-from batch_assets.line_reader import FileRejected, iter_raw_lines, open_input
-from batch_assets.manifest import Manifest, ShardRef, write_manifest
-from batch_assets.request_schema import (
+from batch_assets.input.line_reader import FileRejected, iter_raw_lines, open_input
+from batch_assets.input.manifest import Manifest, ShardRef, write_manifest
+from batch_assets.input.request_schema import (
     ENVELOPE_DECODER,
     RequestLine,
     decode_body,
     prompt_summary,
 )
-from batch_assets.shards import ChunkWriter, LineError, ValidLine
+from batch_assets.input.shards import ChunkWriter, LineError, ValidLine
+from batch_assets.lifecycle.batches import SourceRef
 from resources.endpoints import SUPPORTED_URLS
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage

@@ -14,24 +14,24 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from batch_assets.batch_object import read_batch, update_batch
-from batch_assets.cancellation import cancel_requested, mark_cancelling
-from batch_assets.inference_loop import InferenceLoop, LoopStats
-from batch_assets.input_file import batch_input
-from batch_assets.journal import JournalWriter, journaled_lines
-from batch_assets.manifest import Manifest, manifest_or_fail
+from batch_assets.input.asset import batch_input
+from batch_assets.input.manifest import Manifest, manifest_or_fail
+from batch_assets.input.shards import read_shard
+from batch_assets.lifecycle.batches import read_batch, update_batch
+from batch_assets.lifecycle.cancellation import cancel_requested, mark_cancelling
 from batch_assets.partitions import batch_partitions, open_batch
-from batch_assets.progress import Progress, report_progress
-from batch_assets.server_loop import ServerLoop, ServersUnavailable
-from batch_assets.shards import read_shard
 from resources.endpoints import EMBEDDINGS_URL
-from resources.engine_pool import PoolMisconfigured, ServerPool
+from resources.engines.inference_loop import InferenceLoop, LoopStats
+from resources.engines.openai_to_vllm import RequestBuilder
+from resources.engines.progress import Progress, report_progress
+from resources.engines.server_loop import ServerLoop, ServersUnavailable
+from resources.engines.servers import PoolMisconfigured, ServerPool
+from resources.engines.vllm_engine import Runner, VLLMEngine
+from resources.engines.vllm_serving import ServingLayer
+from resources.engines.vllm_to_openai import ResponseBuilder
+from resources.journal import JournalWriter, journaled_lines
 from resources.layout import SLOT_END_TAG, SLOT_TAG, BatchPaths
-from resources.openai_to_vllm import RequestBuilder
 from resources.storage import BatchStorage
-from resources.vllm_engine import Runner, VLLMEngine
-from resources.vllm_serving import ServingLayer
-from resources.vllm_to_openai import ResponseBuilder
 
 PROGRESS_INTERVAL_S = 0.5  # progress reports to this process's listeners (the CLI's bar)
 LOG_INTERVAL_S = 15.0  # progress lines in the run's event log
@@ -68,7 +68,8 @@ def run_requests(
     """Run ``pending`` on the engine, journaling; returns stats and the engine's load time.
 
     In-process the engine is loaded here; in pool mode the requests go to its servers (no
-    load). A cancel request (:mod:`batch_assets.cancellation`) stops the run within seconds.
+    load). A cancel request (:mod:`batch_assets.lifecycle.cancellation`) stops the run within
+    seconds.
     ``done_before`` and ``total`` only frame the progress reports.
     """
     attempt = f"{int(time.time() * 1000)}-{context.run.run_id[:8]}"

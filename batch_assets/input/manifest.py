@@ -9,7 +9,7 @@ fails with a reason that says so instead of misreading its shards.
 import dagster as dg
 import msgspec
 
-from batch_assets.batch_object import SourceRef, fail_batch
+from batch_assets.lifecycle.batches import SourceRef, fail_batch
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 

@@ -3,7 +3,7 @@
 Loading is lazy (the first :meth:`VLLMEngine.load` call in a step), so a step that only needs
 the served model names, such as input validation, never pays for an engine. With
 ``engine_urls`` set (pool mode) nothing is loaded: runs send their requests to those
-long-running vLLM OpenAI servers (:mod:`resources.engine_pool`).
+long-running vLLM OpenAI servers (:mod:`resources.engines.servers`).
 """
 
 import gc

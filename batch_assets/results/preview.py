@@ -10,16 +10,16 @@ import json
 
 import dagster as dg
 
-from batch_assets.inference_run import run_requests
-from batch_assets.input_file import batch_input
-from batch_assets.journal import read_journal
-from batch_assets.manifest import manifest_or_fail
+from batch_assets.inference.asset import run_requests
+from batch_assets.input.asset import batch_input
+from batch_assets.input.manifest import manifest_or_fail
+from batch_assets.input.shards import iter_requests
 from batch_assets.partitions import batch_partitions, open_batch
-from batch_assets.result_files import preview_table, success_line
-from batch_assets.shards import iter_requests
+from batch_assets.results.asset import preview_table, success_line
+from resources.engines.vllm_engine import VLLMEngine
+from resources.journal import read_journal
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
-from resources.vllm_engine import VLLMEngine
 
 PREVIEW_REQUESTS = 10
 

@@ -2,7 +2,7 @@
 
 The engine's scheduler always has a window of queued requests, so it batches continuously
 (no draining between fixed blocks). Requests are prepared by a feed
-(:mod:`batch_assets.request_feed`): ahead in a thread when the engine runs in its own
+(:mod:`resources.engines.request_feed`): ahead in a thread when the engine runs in its own
 process, between steps when it runs in this one. Finished requests become OpenAI response
 bodies and are journaled after every engine step.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 import msgspec
 
-from batch_assets.journal import JournalRecord, JournalWriter
-from batch_assets.request_feed import DONE, InlineFeed, ThreadedFeed
-from resources.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
-from resources.vllm_serving import ServingRejected
-from resources.vllm_to_openai import ResponseBuilder
+from resources.engines.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
+from resources.engines.request_feed import DONE, InlineFeed, ThreadedFeed
+from resources.engines.vllm_serving import ServingRejected
+from resources.engines.vllm_to_openai import ResponseBuilder
+from resources.journal import JournalRecord, JournalWriter
 
 logger = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()

@@ -25,16 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch_assets.batch_object import (
-    TERMINAL_STATUSES,
-    list_batches,
-    newest_first,
-    read_batch,
-    register_batch,
-    root_cause_message,
-)
-from batch_assets.cancellation import request_cancel
-from batch_assets.cli_display import (
+from batch_assets.cli.display import (
     ProgressDisplay,
     error_lines,
     logs_to_file,
@@ -42,9 +33,19 @@ from batch_assets.cli_display import (
     table,
     timestamp_lines,
 )
-from batch_assets.engine_flags import add_engine_arguments, engine_from_args
+from batch_assets.cli.engine_flags import add_engine_arguments, engine_from_args
+from batch_assets.lifecycle.batches import (
+    TERMINAL_STATUSES,
+    list_batches,
+    newest_first,
+    read_batch,
+    register_batch,
+    root_cause_message,
+)
+from batch_assets.lifecycle.cancellation import request_cancel
 from batch_assets.partitions import BATCH_PARTITIONS, partition_key
-from batch_assets.progress import watching
+from resources.engines.progress import watching
+from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import (
     CLI_DAGSTER_HOME,
     INBOX,
@@ -53,7 +54,6 @@ from resources.layout import (
     inbox_key,
 )
 from resources.storage import BatchStorage
-from resources.vllm_engine import VLLMEngine
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -352,7 +352,7 @@ def _command_cancel(args: argparse.Namespace, storage: BatchStorage) -> int:
 
 
 def _command_serve(args: argparse.Namespace, storage: BatchStorage) -> int:
-    from api.server import ServeRefused, serve
+    from batch_api.server import ServeRefused, serve
 
     try:
         serve(storage, args.host, args.port, args.max_file_bytes)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from resources.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
+from resources.engines.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
 
 DONE = object()  # the last item of a feed
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from batch_assets.progress import Progress
+from resources.engines.progress import Progress
 
 BAR_WIDTH = 24
 TTY_REFRESH_S = 0.2

@@ -1,6 +1,6 @@
 """Pool mode's loop: send a batch's requests to running vLLM servers and journal each answer.
 
-The counterpart of :mod:`batch_assets.inference_loop` for an engine that is not in the run.
+The counterpart of :mod:`resources.engines.inference_loop` for an engine that is not in the run.
 Each server keeps a window of requests in flight, so its own scheduler batches them
 continuously, together with whatever else it serves. Answers are journaled as they arrive;
 a request whose server goes down goes to another one and is journaled once. The bodies are
@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from batch_assets.inference_loop import LoopStats, dumps
-from batch_assets.journal import JournalRecord, JournalWriter
-from resources.engine_pool import Answer, Server, ServerDown, ServerPool
+from resources.engines.inference_loop import LoopStats, dumps
+from resources.engines.servers import Answer, Server, ServerDown, ServerPool
+from resources.journal import JournalRecord, JournalWriter
 
 logger = logging.getLogger(__name__)
 # A request answered 5xx (or 429) this many times is journaled with that answer.

@@ -14,7 +14,7 @@ from typing import IO
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from api.errors import APIError, bad_request
+from batch_api.errors import APIError, bad_request
 from resources.storage import BatchStorage
 
 MAX_FIELD_BYTES = 64 << 10  # a non-file form field

@@ -25,7 +25,7 @@ from openai.types import Batch, FileDeleted, FileObject
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import (
+from batch_api.errors import (
     APIError,
     bad_request,
     not_found,
@@ -33,16 +33,16 @@ from api.errors import (
     on_http_error,
     on_validation_error,
 )
-from api.keys import KeyRing
-from api.uploads import stream_upload
-from batch_assets.batch_object import (
+from batch_api.keys import KeyRing
+from batch_api.uploads import stream_upload
+from batch_assets.lifecycle.batches import (
     TERMINAL_STATUSES,
     create_api_batch,
     list_batches,
     read_batch,
 )
-from batch_assets.cancellation import request_cancel
-from batch_assets.file_objects import (
+from batch_assets.lifecycle.cancellation import request_cancel
+from batch_assets.lifecycle.files import (
     FileRecord,
     iter_file_records,
     new_file_id,

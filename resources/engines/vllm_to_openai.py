@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from resources.endpoints import CHAT_URL, COMPLETIONS_URL, RESPONSES_URL
-from resources.openai_to_vllm import PreparedRequest
-from resources.vllm_serving import ServingLayer
+from resources.engines.openai_to_vllm import PreparedRequest
+from resources.engines.vllm_serving import ServingLayer
 
 # vLLM reports -inf for impossible tokens; JSON has no infinity, so clamp as vLLM's server does.
 _MIN_LOGPROB = -9999.0

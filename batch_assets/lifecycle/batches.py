@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from batch_assets.file_objects import FileRecord, record_batch_file
+from batch_assets.lifecycle.files import FileRecord, record_batch_file
 from resources.layout import OUTBOX, BatchPaths, FilePaths, api_queue_key, batch_json_owner
 from resources.storage import BatchStorage, ObjectInfo
 

@@ -1,0 +1,1 @@
+"""The batch lifecycle: batch records, their status transitions, cancellation, file records."""

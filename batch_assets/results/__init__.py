@@ -1,0 +1,1 @@
+"""The result stage: output.jsonl, errors.jsonl and the final batch record."""
