@@ -5,9 +5,9 @@ import json
 import dagster as dg
 
 from batch_assets.inference.asset import batch_inference
-from batch_assets.results.preview import batch_preview
 from batch_assets.input.asset import batch_input
 from batch_assets.results.asset import batch_results
+from batch_assets.results.preview import batch_preview
 from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import ENGINE_POOL_TAGS, GPU_TAGS, K8S_CONFIG_TAG
 

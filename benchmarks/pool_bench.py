@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from batch_assets.lifecycle.batches import list_batches
+from batch_assets.lifecycle.batches import BatchStatus, list_batches
 from benchmarks.api_bench import _dagster_dev
 from benchmarks.commands import run_logged, subprocess_env, vllm_env
 from benchmarks.measure import log
@@ -167,15 +167,15 @@ def many_small_batches(
         deadline = time.monotonic() + 3600
         while True:
             batches = list_batches(storage)
-            done = [b for b in batches if b["status"] in ("completed", "failed", "expired")]
+            done = [b for b in batches if b.status.ended]
             if len(done) == uploads:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{mode}: only {len(done)} of {uploads} batches finished")
             time.sleep(1)
-        counts = [(b["status"], b["request_counts"]["completed"]) for b in done]
-        assert counts == [("completed", each)] * uploads, counts
-        finished = sorted(float(b["completed_at"]) - first for b in done)
+        counts = [(b.status, b.request_counts.completed) for b in done]
+        assert counts == [(BatchStatus.COMPLETED, each)] * uploads, counts
+        finished = sorted(float(b.completed_at or 0) - first for b in done)
         return {
             "mode": mode,
             "uploads": uploads,

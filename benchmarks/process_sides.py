@@ -10,7 +10,6 @@
 Side (5), the naive client, is in ``benchmarks.naive``.
 """
 
-import json
 import re
 import shlex
 import sys
@@ -18,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch_assets.lifecycle.batches import BatchStatus, read_batch
 from benchmarks.checks import IncompleteOutput, Totals, check_batch_output, check_empty_or_missing
 from benchmarks.commands import run_logged, subprocess_env, vllm_env
 from benchmarks.measure import Measurement, log
 from benchmarks.settings import EngineSettings
 from resources.endpoints import EMBEDDINGS_URL
 from resources.layout import CLI_DAGSTER_HOME, BatchPaths
+from resources.storage import BatchStorage
 
 BATCH_INFER = Path(sys.executable).parent / "batch-infer"
 _KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
@@ -117,9 +118,9 @@ def run_e2e(job: Job) -> list[Measurement]:
     totals = check_batch_output(outputs[0], job.bodies, job.endpoint)
     root, paths = outputs[0].parents[2], BatchPaths(outputs[0].parent.name)
     check_empty_or_missing(root / paths.errors)
-    batch = json.loads((root / paths.batch_json).read_text())
-    if batch.get("status") != "completed":
-        raise IncompleteOutput(f"e2e: batch status {batch.get('status')}")
+    batch = read_batch(BatchStorage(root=str(root)), paths.batch_id)
+    if batch.status is not BatchStatus.COMPLETED:
+        raise IncompleteOutput(f"e2e: batch status {batch.status}")
     info = {"kv_tokens": kv_tokens(text), "command": shlex.join(cmd)}
     asset = _asset_measurement(job, storage, totals.requests)
     return [job.measurement("e2e", seconds, totals, info), *([asset] if asset else [])]

@@ -10,7 +10,7 @@ partition (``cancel_sensor`` then publishes it).
 import dagster as dg
 
 from batch_assets.jobs import batch_job
-from batch_assets.lifecycle.batches import TERMINAL_STATUSES, read_batch
+from batch_assets.lifecycle.batches import read_batch
 from batch_assets.partitions import BATCH_PARTITIONS, batch_partitions, partition_key
 from resources.layout import API_QUEUE, INPUT_TAG, PARTITION_TAG, PROJECT_TAG, batch_id_of
 from resources.storage import BatchStorage
@@ -38,11 +38,11 @@ def api_batch_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage)
             if not registered:
                 new_keys.append(key)
             launched = context.instance.get_runs(dg.RunsFilter(tags={PARTITION_TAG: key}), limit=1)
-            if launched or batch["status"] in (*TERMINAL_STATUSES, "cancelling"):
+            if launched or batch.status.stopping:
                 if registered:  # cancel_sensor needs the partition to publish a cancelled batch
                     tenant.delete(info.key)
                 continue
-            tags = {INPUT_TAG: batch["input_file_id"]} | ({PROJECT_TAG: project} if project else {})
+            tags = {INPUT_TAG: batch.input_file_id} | ({PROJECT_TAG: project} if project else {})
             run_requests.append(
                 dg.RunRequest(run_key=key, job_name=batch_job.name, partition_key=key, tags=tags)
             )

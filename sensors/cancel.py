@@ -11,10 +11,10 @@ a batch run in the UI or through the GraphQL API is a cancel request too.
 import dagster as dg
 
 from batch_assets.jobs import batch_job, cancel_job, preview_job
-from batch_assets.lifecycle.batches import TERMINAL_STATUSES
+from batch_assets.lifecycle.batches import batch_exists
 from batch_assets.lifecycle.cancellation import mark_cancelling, request_cancel
 from batch_assets.partitions import BATCH_PARTITIONS, open_batch, partition_key
-from resources.layout import CANCEL, PARTITION_TAG, BatchPaths, api_queue_key, batch_id_of
+from resources.layout import CANCEL, PARTITION_TAG, api_queue_key, batch_id_of
 from resources.storage import BatchStorage
 
 _WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
@@ -47,9 +47,9 @@ def cancel_sensor(context: dg.SensorEvaluationContext, storage: BatchStorage):
     for project, tenant in storage.tenants():
         for info in tenant.list(CANCEL):
             batch_id = batch_id_of(info.key)
-            if not tenant.exists(BatchPaths(batch_id).batch_json):
+            if not batch_exists(tenant, batch_id):
                 continue  # not a batch of this storage
-            if mark_cancelling(tenant, batch_id) in TERMINAL_STATUSES:
+            if mark_cancelling(tenant, batch_id).ended:
                 tenant.delete(info.key)  # done with (or too late): the request is consumed
                 continue
             key = partition_key(project, batch_id)
@@ -87,7 +87,7 @@ def terminated_run_sensor(context: dg.RunStatusSensorContext, storage: BatchStor
     if not key:
         return None
     tenant, batch_id = open_batch(storage, key)
-    if request_cancel(tenant, batch_id) in TERMINAL_STATUSES:
+    if request_cancel(tenant, batch_id).ended:
         return None
     context.log.info("batch %s: its run was terminated; publishing it as cancelled", key)
     return _publish_request(context.instance, key)

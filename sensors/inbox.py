@@ -104,7 +104,7 @@ def _run_request(storage: BatchStorage, project: str | None, info: ObjectInfo) -
         return dg.RunRequest(run_key=key, tags=tags, job_name=batch_job.name, partition_key=key)
     storage.write_json(overnight_queue_key(batch_id), {"input": info.key})
     batch = read_batch(storage, batch_id)
-    update_batch(storage, batch_id, metadata={**batch["metadata"], "slot": "overnight"})
+    update_batch(storage, batch_id, metadata={**(batch.metadata or {}), "slot": "overnight"})
     return dg.RunRequest(
         run_key=f"{key}:preview", tags=tags, job_name=preview_job.name, partition_key=key
     )

@@ -13,7 +13,7 @@ import os
 import dagster as dg
 
 from batch_assets.jobs import batch_job
-from batch_assets.lifecycle.batches import TERMINAL_STATUSES, read_batch
+from batch_assets.lifecycle.batches import read_batch
 from batch_assets.partitions import partition_key
 from resources.layout import OVERNIGHT_QUEUE, SLOT_END_TAG, SLOT_TAG, batch_id_of
 from resources.storage import BatchStorage
@@ -35,7 +35,7 @@ def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: BatchStor
     for project, tenant in storage.tenants():
         for info in tenant.list(OVERNIGHT_QUEUE):
             batch_id = batch_id_of(info.key)
-            if read_batch(tenant, batch_id)["status"] in (*TERMINAL_STATUSES, "cancelling"):
+            if read_batch(tenant, batch_id).status.stopping:
                 continue
             key = partition_key(project, batch_id)
             requests.append(

@@ -4,7 +4,6 @@ import dagster as dg
 
 from batch_assets.jobs import batch_job, cancel_job
 from batch_assets.lifecycle.batches import (
-    TERMINAL_STATUSES,
     fail_batch,
     read_batch,
     root_cause_message,
@@ -41,7 +40,7 @@ def batch_failure_sensor(context: dg.RunFailureSensorContext, storage: BatchStor
             max_retries,
         )
         return
-    if read_batch(storage, batch_id)["status"] in TERMINAL_STATUSES:
+    if read_batch(storage, batch_id).status.ended:
         return
     steps = [
         f"{event.step_key}: {root_cause_message(event.step_failure_data.error)}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import msgspec
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,10 +21,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_tiny_model import ensure  # noqa: E402
 
-from batch_assets.cli.main import run_file  # noqa: E402
-from batch_assets.lifecycle.batches import BatchPaths  # noqa: E402
+from batch_assets.cli.runner import run_file  # noqa: E402
+from batch_assets.lifecycle.batches import (  # noqa: E402
+    BatchRecord,
+    BatchStatus,
+    Transition,
+    transition,
+)
 from batch_assets.lifecycle.files import read_file_record  # noqa: E402
 from resources.engines.vllm_engine import VLLMEngine  # noqa: E402
+from resources.layout import BatchPaths  # noqa: E402
 from resources.storage import BatchStorage  # noqa: E402
 
 MODEL_NAME = "tiny-chat"
@@ -78,6 +85,32 @@ def chat_requests(prefix: str, count: int, max_tokens: int = 16) -> str:
         request_line(cid, chat_body(f"tell {cid}", max_tokens=max_tokens, ignore_eos=True)) + "\n"
         for cid in request_ids(prefix, count)
     )
+
+
+# The legal path from ``validating`` to each status (the lifecycle's own transitions).
+PATHS = {
+    BatchStatus.IN_PROGRESS: [Transition.START],
+    BatchStatus.FINALIZING: [Transition.FINALIZE],
+    BatchStatus.COMPLETED: [Transition.START, Transition.FINALIZE, Transition.COMPLETE],
+    BatchStatus.EXPIRED: [Transition.FINALIZE, Transition.EXPIRE],
+    BatchStatus.CANCELLING: [Transition.REQUEST_CANCEL],
+    BatchStatus.CANCELLED: [Transition.REQUEST_CANCEL, Transition.CONFIRM_CANCEL],
+    BatchStatus.FAILED: [Transition.FAIL],
+}
+
+
+def drive(storage: BatchStorage, batch_id: str, status: str) -> None:
+    """Take a ``validating`` batch to ``status`` through the lifecycle's transitions."""
+    for move in PATHS[BatchStatus(status)]:
+        transition(storage, batch_id, move)
+
+
+def store_status(storage: BatchStorage, batch_id: str, status: str) -> None:
+    """Leave the stored record at ``status`` as a crash would (no transition checks)."""
+    paths = BatchPaths(batch_id)
+    record = msgspec.json.decode(storage.read_bytes(paths.batch_json), type=BatchRecord)
+    record.status = BatchStatus(status)
+    storage.write_bytes(paths.batch_json, msgspec.json.encode(record))
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

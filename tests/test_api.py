@@ -22,7 +22,7 @@ from batch_assets.lifecycle.files import read_file_record
 from resources.layout import FILES, FilePaths
 from resources.storage import BatchStorage
 from tests.api_server import api_server
-from tests.conftest import chat_requests
+from tests.conftest import chat_requests, drive
 
 CHAT = "/v1/chat/completions"
 
@@ -266,10 +266,10 @@ def test_cancel_is_idempotent_and_409_on_a_finished_batch(api, storage):
     first = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
     assert sdk.batches.cancel(first.id).status == "cancelling"
     assert sdk.batches.cancel(first.id).status == "cancelling"
-    update_batch(storage, first.id, status="cancelled")
+    drive(storage, first.id, "cancelled")
     assert sdk.batches.cancel(first.id).status == "cancelled"
     second = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
-    update_batch(storage, second.id, status="completed")
+    drive(storage, second.id, "completed")
     with pytest.raises(openai.ConflictError) as raised:
         sdk.batches.cancel(second.id)
     assert raised.value.response.headers["x-should-retry"] == "false"
@@ -281,7 +281,7 @@ def test_a_file_read_by_an_active_batch_cannot_be_deleted(api, storage):
     batch = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
     with pytest.raises(openai.ConflictError):
         sdk.files.delete(file.id)
-    update_batch(storage, batch.id, status="completed")
+    drive(storage, batch.id, "completed")
     deleted = sdk.files.delete(file.id)
     assert (deleted.id, deleted.deleted) == (file.id, True)
     with pytest.raises(openai.NotFoundError):

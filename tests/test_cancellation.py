@@ -8,15 +8,17 @@ import dagster as dg
 import openai.types as oa
 import pytest
 
-from batch_assets.cli.main import cancel_batch, run_file
-from batch_assets.lifecycle.batches import BatchPaths, read_batch, register_batch, update_batch
+from batch_assets.cli.runner import cancel_batch, run_file
+from batch_assets.lifecycle.batches import read_batch, register_batch
 from batch_assets.lifecycle.cancellation import request_cancel
 from resources.journal import journaled_lines
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 from sensors.cancel import cancel_sensor
 from tests.conftest import (
     chat_body,
     chat_requests,
+    drive,
     read_jsonl,
     request_ids,
     request_line,
@@ -112,7 +114,7 @@ def test_the_cancel_sensor_publishes_idle_batches_and_consumes_finished_requests
         storage.write_bytes(f"inbox/{name}.jsonl", line.encode())
     idle = register_batch(storage, "inbox/idle.jsonl")
     done = register_batch(storage, "inbox/done.jsonl")
-    update_batch(storage, done, status="completed")
+    drive(storage, done, "completed")
     for batch_id in (idle, done):
         storage.write_bytes(f"cancel/{batch_id}", b"")
     with dg.instance_for_test() as instance:
@@ -121,6 +123,6 @@ def test_the_cancel_sensor_publishes_idle_batches_and_consumes_finished_requests
     assert [(r.job_name, r.partition_key, r.run_key) for r in requests] == [
         ("cancel_job", idle, f"{idle}:cancel")
     ]
-    assert read_batch(storage, idle)["status"] == "cancelling"
-    assert read_batch(storage, done)["status"] == "completed"  # too late: nothing changes
+    assert read_batch(storage, idle).status == "cancelling"
+    assert read_batch(storage, done).status == "completed"  # too late: nothing changes
     assert not storage.exists(f"cancel/{done}") and storage.exists(f"cancel/{idle}")

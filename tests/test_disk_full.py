@@ -8,11 +8,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from batch_assets.cli.main import run_file
+from batch_assets.cli.runner import run_file
 from batch_assets.jobs import batch_assets
-from batch_assets.lifecycle.batches import BatchPaths, read_batch, register_batch
+from batch_assets.lifecycle.batches import read_batch, register_batch
 from batch_assets.results.asset import batch_results
 from resources.journal import journaled_lines
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 from tests.conftest import chat_requests, read_jsonl, request_ids
 
@@ -84,7 +85,7 @@ def test_a_full_disk_while_publishing_leaves_no_result_file(small_disk, tmp_path
         assert "No space left on device" in str(error.step_failure_data.error.to_string())
         outbox = Path(storage.uri) / paths.outbox
         assert sorted(p.name for p in outbox.iterdir()) == ["batch.json"]  # no partial file
-        assert read_batch(storage, batch_id)["status"] == "finalizing"
+        assert read_batch(storage, batch_id).status == "finalizing"
 
         filler.unlink()
         again = dg.materialize(
@@ -95,7 +96,7 @@ def test_a_full_disk_while_publishing_leaves_no_result_file(small_disk, tmp_path
             resources=resources,
         )
         assert again.success
-    assert read_batch(storage, batch_id)["status"] == "completed"
+    assert read_batch(storage, batch_id).status == "completed"
     output = read_jsonl(Path(storage.uri) / paths.output)
     assert [line["custom_id"] for line in output] == request_ids("f", REQUESTS)
 

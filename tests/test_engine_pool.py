@@ -9,13 +9,13 @@ import openai.types as oa
 import openai.types.chat as oc
 import pytest
 
-from batch_assets.cli.main import run_file
+from batch_assets.cli.runner import run_file
 from batch_assets.inference.asset import OVERNIGHT_PRIORITY
-from batch_assets.lifecycle.batches import BatchPaths, register_batch
+from batch_assets.lifecycle.batches import register_batch
 from batch_assets.lifecycle.cancellation import request_cancel
 from resources.engines.vllm_engine import VLLMEngine
 from resources.journal import journaled_lines
-from resources.layout import JOURNAL_SEGMENT_SUFFIX, SLOT_END_TAG, SLOT_TAG
+from resources.layout import JOURNAL_SEGMENT_SUFFIX, SLOT_END_TAG, SLOT_TAG, BatchPaths
 from resources.storage import BatchStorage
 from tests.conftest import (
     MODEL_NAME,

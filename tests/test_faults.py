@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from batch_assets.cli.main import run_file
-from batch_assets.lifecycle.batches import BatchPaths, register_batch
+from batch_assets.cli.runner import run_file
+from batch_assets.lifecycle.batches import register_batch
 from resources.journal import journaled_lines
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 from tests.conftest import (
     MAX_MODEL_LEN,
@@ -101,7 +102,7 @@ DRIVER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from batch_assets.cli.main import run_file
+    from batch_assets.cli.runner import run_file
     from resources.storage import BatchStorage
     from resources.engines.vllm_engine import VLLMEngine
 

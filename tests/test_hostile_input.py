@@ -12,7 +12,7 @@ import pytest
 
 from batch_assets.input.line_reader import FileRejected
 from batch_assets.input.validation import Limits, validate_input
-from batch_assets.lifecycle.batches import BatchPaths
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage, ObjectInfo, UnsafeKeyError
 from sensors.inbox import is_batch_upload
 from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line
@@ -124,7 +124,7 @@ MEMORY_CASES = {
 PROBE = textwrap.dedent(
     """
     import resource, sys
-    from batch_assets.lifecycle.batches import BatchPaths
+    from resources.layout import BatchPaths
     from batch_assets.input.validation import FileRejected, Limits, validate_input
     from resources.storage import BatchStorage
     LINE = {line!r}

@@ -4,7 +4,7 @@ import boto3
 import dagster as dg
 import pytest
 
-from batch_assets.cli.main import run_file
+from batch_assets.cli.runner import run_file
 from batch_assets.partitions import open_batch
 from resources.storage import BatchStorage, UnsafeKeyError
 from sensors.inbox import inbox_sensor

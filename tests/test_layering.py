@@ -238,3 +238,54 @@ def test_the_layout_module_spells_the_layout():
     """The detector is not vacuous: it finds the layout where it does live."""
     found = {text for _, text in _string_constants(LAYOUT) if is_layout_literal(text)}
     assert {"inbox", "outbox", "batch/slot_end", "/batch.json", ".dagster"} <= found
+
+
+# The batch lifecycle's one owner: the only module that spells a status or touches batch.json.
+LIFECYCLE = ROOT / "batch_assets" / "lifecycle" / "batches.py"
+PRODUCT = ("resources", "batch_assets", "sensors", "batch_api")
+STATUSES = {
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+}
+
+
+def test_no_status_literal_outside_the_lifecycle():
+    offences = [
+        f"{path.relative_to(ROOT)}:{line}: {text!r}"
+        for path in _sources(*PRODUCT)
+        if path != LIFECYCLE
+        for line, text in _string_constants(path)
+        if text in STATUSES
+    ]
+    assert offences == []
+
+
+def test_the_lifecycle_spells_every_status():
+    found = {text for _, text in _string_constants(LIFECYCLE)}
+    assert found >= STATUSES
+
+
+def _attributes(path: Path, name: str) -> list[int]:
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr == name
+    ]
+
+
+def test_only_the_lifecycle_touches_batch_json():
+    """Reading or writing batch.json goes through the lifecycle's functions."""
+    offences = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in _sources(*PRODUCT, "benchmarks")
+        if path not in (LIFECYCLE, LAYOUT)
+        for line in _attributes(path, "batch_json")
+    ]
+    assert offences == []
+    assert _attributes(LIFECYCLE, "batch_json")

@@ -68,7 +68,7 @@ def test_a_manifest_of_an_unknown_format_fails_the_batch_with_the_reason(tmp_pat
             raise_on_error=False,
         )
     assert not result.success
-    batch = read_batch(storage, batch_id)
+    batch = read_batch(storage, batch_id).as_dict()
     assert batch["status"] == "failed"
     (error,) = batch["errors"]["data"]
     assert error["code"] == "unknown_manifest_format"

@@ -7,11 +7,12 @@ from pathlib import Path
 import dagster as dg
 import openai.types as oa
 
-from batch_assets.cli.main import run_file
+from batch_assets.cli.runner import run_file
 from batch_assets.jobs import batch_assets, preview_job
-from batch_assets.lifecycle.batches import BatchPaths, read_batch, register_batch, update_batch
+from batch_assets.lifecycle.batches import read_batch, register_batch, update_batch
 from resources.engines.vllm_engine import VLLMEngine
 from resources.journal import read_journal
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 from tests.conftest import chat_body, read_jsonl, request_line
 
@@ -100,7 +101,7 @@ def test_the_preview_answers_the_first_requests_and_the_night_run_reuses_them(tm
         assert [line["custom_id"] for line in preview] == [f"p{i}" for i in range(10)]
         for line in preview:
             oa.chat.ChatCompletion.model_validate(line["response"]["body"])
-        assert read_batch(storage, batch_id)["status"] == "validating"  # the night runs it
+        assert read_batch(storage, batch_id).status == "validating"  # the night runs it
 
         batch = run_file(
             Path(storage.uri) / "inbox/overnight/big.jsonl", storage, engine, instance=instance

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from batch_assets.cli.main import run_file
-from batch_assets.lifecycle.batches import BatchPaths, update_batch
-from tests.conftest import chat_body, read_jsonl, request_line
+from batch_assets.cli.runner import run_file
+from resources.layout import BatchPaths
+from tests.conftest import chat_body, read_jsonl, request_line, store_status
 
 
 def _texts(lines: list[dict]) -> dict[str, str]:
@@ -35,7 +35,7 @@ def test_rerun_after_a_crash_runs_only_what_the_journal_lacks(run_batch, engine,
     segments[0].write_text("".join(records[:15]) + records[15][:30])
     (root / paths.output).unlink()
     (root / paths.errors).unlink()
-    update_batch(first.storage, batch_id, status="in_progress")
+    store_status(first.storage, batch_id, "in_progress")  # as the crash left it
 
     upload = root.parent / "upload" / "batch.jsonl"
     batch = run_file(upload, first.storage, engine, instance=instance)

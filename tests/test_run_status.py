@@ -52,7 +52,7 @@ def test_exhausted_retries_mark_the_batch_failed(tmp_path, engine):
             {"dagster/max_retries": "2", "dagster/retry_number": "1"},
         )
         batch_failure_sensor(retrying)
-        assert read_batch(storage, batch_id)["status"] == "validating"
+        assert read_batch(storage, batch_id).status == "validating"
 
         last = _failed_run(
             instance,
@@ -62,7 +62,7 @@ def test_exhausted_retries_mark_the_batch_failed(tmp_path, engine):
             {"dagster/max_retries": "2", "dagster/retry_number": "2"},
         )
         batch_failure_sensor(last)
-        batch = read_batch(storage, batch_id)
+        batch = read_batch(storage, batch_id).as_dict()
         assert batch["status"] == "failed" and batch["failed_at"]
         error = batch["errors"]["data"][0]
         assert error["code"] == "run_failed"

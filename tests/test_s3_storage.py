@@ -6,9 +6,9 @@ import json
 import openai.types as oa
 import pytest
 
-from batch_assets.cli.main import run_file
-from batch_assets.lifecycle.batches import BatchPaths
+from batch_assets.cli.runner import run_file
 from resources.journal import JournalRecord, JournalWriter, read_journal
+from resources.layout import BatchPaths
 from resources.storage import UnsafeKeyError
 from tests.conftest import chat_body, request_line
 

@@ -9,11 +9,11 @@ import time
 import dagster as dg
 import pytest
 
-from batch_assets.lifecycle.batches import read_batch, update_batch
+from batch_assets.lifecycle.batches import read_batch
 from resources.storage import BatchStorage
 from sensors.inbox import dump_cursors, inbox_sensor, parse_cursors
 from sensors.overnight import overnight_schedule
-from tests.conftest import chat_body, request_line
+from tests.conftest import chat_body, drive, request_line
 
 LINE = (request_line("a", chat_body()) + "\n").encode()
 
@@ -55,7 +55,7 @@ def test_new_files_run_once_and_reuploads_run_again(storage, tmp_path):
         assert sorted(added) == sorted(r.partition_key for r in result.run_requests)
         for run in runs.values():
             assert run.run_key == run.partition_key
-            assert read_batch(storage, run.partition_key)["status"] == "validating"
+            assert read_batch(storage, run.partition_key).status == "validating"
 
         again, added_again = tick(instance, storage, result.cursor)  # duplicates: nothing
         assert again.run_requests == [] and added_again == []
@@ -79,7 +79,7 @@ def test_overnight_uploads_wait_for_the_nightly_slot(storage):
         assert preview.job_name == "preview_job"
         later = preview.partition_key
         assert preview.run_key == f"{later}:preview"
-        assert read_batch(storage, later)["metadata"]["slot"] == "overnight"
+        assert read_batch(storage, later).metadata["slot"] == "overnight"
 
         night = dt.datetime(2026, 11, 23, 1, 0, tzinfo=dt.UTC)
         context = dg.build_schedule_context(
@@ -91,7 +91,7 @@ def test_overnight_uploads_wait_for_the_nightly_slot(storage):
         slot_end = dt.datetime(2026, 11, 23, 7, 0, tzinfo=dt.UTC).timestamp()
         assert requests[0].tags["batch/slot_end"] == f"{slot_end:.0f}"  # a 6-hour slot
 
-        update_batch(storage, later, status="completed")  # a finished batch is not relaunched
+        drive(storage, later, "completed")  # a finished batch is not relaunched
         context = dg.build_schedule_context(
             instance=instance, resources={"storage": storage}, scheduled_execution_time=night
         )

@@ -17,13 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from batch_assets.lifecycle.batches import BatchRecord
 from resources.engines.progress import Progress
 
 BAR_WIDTH = 24
 TTY_REFRESH_S = 0.2
 PLAIN_INTERVAL_S = 10.0
 PHASE_TEXT = {
-    "validating": "validating the input file",
+    "validation": "validating the input file",
     "loading": "loading the engine",
     "running": "running",
     "publishing": "writing the result files",
@@ -45,7 +46,7 @@ class ProgressDisplay:
     def __init__(self, stream: IO[str], batch_id: str, tty: bool | None = None):
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
-        self.last = Progress(batch_id, "validating")
+        self.last = Progress(batch_id, "validation")
         self._drawn_at = 0.0
         self._line_open = False
         self._write_phase(self.last)
@@ -163,22 +164,20 @@ def logs_to_file(path: Path) -> Iterator[IO[str]]:
             terminal.close()
 
 
-def summary_lines(
-    batch: dict[str, Any], urls: dict[str, str], elapsed_s: float | None
-) -> list[str]:
+def summary_lines(batch: BatchRecord, urls: dict[str, str], elapsed_s: float | None) -> list[str]:
     """The summary of one batch: ``name: value`` lines, the paths last."""
-    counts = batch.get("request_counts") or {}
+    counts = batch.request_counts
     lines = [
-        f"batch_id: {batch['id']}",
-        f"status: {batch['status']}",
-        f"request_counts: total {counts.get('total', 0)}, completed "
-        f"{counts.get('completed', 0)}, failed {counts.get('failed', 0)}",
+        f"batch_id: {batch.id}",
+        f"status: {batch.status}",
+        f"request_counts: total {counts.total}, completed {counts.completed}, "
+        f"failed {counts.failed}",
     ]
-    if usage := batch.get("usage"):
-        cached = (usage.get("input_tokens_details") or {}).get("cached_tokens", 0)
+    if usage := batch.usage:
         lines.append(
-            f"usage: {usage['input_tokens']} input tokens ({cached} cached), "
-            f"{usage['output_tokens']} output tokens, {usage['total_tokens']} total"
+            f"usage: {usage.input_tokens} input tokens "
+            f"({usage.input_tokens_details.cached_tokens} cached), "
+            f"{usage.output_tokens} output tokens, {usage.total_tokens} total"
         )
     if elapsed_s is not None:
         lines.append(f"elapsed: {elapsed_s:.1f} s")
@@ -186,21 +185,21 @@ def summary_lines(
     return lines
 
 
-def timestamp_lines(batch: dict[str, Any]) -> list[str]:
+def timestamp_lines(batch: BatchRecord) -> list[str]:
     """``name_at: <local time>`` for every timestamp the batch has reached."""
     lines = []
-    for name, value in batch.items():
+    for name, value in batch.as_dict().items():
         if name.endswith("_at") and isinstance(value, int | float):
             when = dt.datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
             lines.append(f"{name}: {when}")
     return lines
 
 
-def error_lines(batch: dict[str, Any]) -> list[str]:
+def error_lines(batch: BatchRecord) -> list[str]:
     lines = []
-    for error in (batch.get("errors") or {}).get("data", []):
-        where = f" (line {error['line']})" if error.get("line") else ""
-        lines.append(f"error: {error['code']}: {error['message']}{where}")
+    for error in batch.errors.data if batch.errors else []:
+        where = f" (line {error.line})" if error.line else ""
+        lines.append(f"error: {error.code}: {error.message}{where}")
     return lines
 
 

@@ -18,12 +18,11 @@ Batches routes over the same storage (API keys from BATCH_API_KEYS or BATCH_API_
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batch_assets.cli.display import (
     ProgressDisplay,
@@ -34,29 +33,21 @@ from batch_assets.cli.display import (
     timestamp_lines,
 )
 from batch_assets.cli.engine_flags import add_engine_arguments, engine_from_args
+from batch_assets.cli.runner import cancel_batch, register_file, run_batch
 from batch_assets.lifecycle.batches import (
-    TERMINAL_STATUSES,
+    BatchRecord,
+    BatchStatus,
+    batch_exists,
+    batch_url,
     list_batches,
     newest_first,
     read_batch,
-    register_batch,
-    root_cause_message,
+    record_of,
 )
-from batch_assets.lifecycle.cancellation import request_cancel
-from batch_assets.partitions import BATCH_PARTITIONS, partition_key
 from resources.engines.progress import watching
 from resources.engines.vllm_engine import VLLMEngine
-from resources.layout import (
-    CLI_DAGSTER_HOME,
-    INBOX,
-    INPUT_TAG,
-    BatchPaths,
-    inbox_key,
-)
+from resources.layout import BatchPaths
 from resources.storage import BatchStorage
-
-if TYPE_CHECKING:
-    import dagster as dg
 
 EXIT_CODES = """exit codes:
   0    run: the batch completed (lines with errors included); cancel: the batch is
@@ -68,168 +59,19 @@ EXIT_CODES = """exit codes:
 """
 
 
-def _instance(storage: BatchStorage) -> "dg.DagsterInstance":
-    """The instance named by DAGSTER_HOME, else a persistent one beside the batches."""
-    import dagster as dg
-
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    home = Path(storage.uri) / CLI_DAGSTER_HOME if storage.is_local else Path(".dagster_home")
-    home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.local_temp(tempdir=str(home))
-
-
-def _inbox_key(storage: BatchStorage, file: Path) -> str:
-    """Upload ``file`` to the inbox, unless it is already there (same content)."""
-    file = file.resolve()
-    if storage.is_local:
-        root = Path(storage.uri)
-        if file.is_relative_to(root / INBOX):
-            return file.relative_to(root).as_posix()
-    key = inbox_key(file.name)
-    if not storage.matches_file(file, key):
-        storage.put_file(file, key)
-    return key
-
-
-def _materialize(
-    job: Any,  # an asset job over batch_assets
-    storage: BatchStorage,
-    engine: VLLMEngine,
-    key: str,
-    instance: "dg.DagsterInstance",
-    run_config: dict | None,
-    tags: dict[str, str],
-) -> "dg.ExecuteInProcessResult":
-    import dagster as dg
-    from dagster._core.storage.defs_state.base import set_defs_state_storage
-
-    from batch_assets.jobs import batch_assets
-
-    instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
-    # Dagster loads the definitions against the process's current instance state, not the
-    # one passed in; make them the same (a closed instance left current would fail the load).
-    with set_defs_state_storage(instance.defs_state_storage):
-        return dg.materialize(
-            batch_assets,
-            selection=job.selection,
-            partition_key=key,
-            instance=instance,
-            resources={"storage": storage, "engine": engine},
-            run_config=run_config,
-            raise_on_error=False,
-            tags=tags,
-        )
-
-
-def _after(
-    storage: BatchStorage, batch_id: str, before: dict, result: "dg.ExecuteInProcessResult"
-) -> dict:
-    """batch.json as the user should see it after ``result``."""
-    try:
-        batch = read_batch(storage, batch_id)
-    except Exception:
-        if result.success:
-            raise
-        batch = before  # the storage itself failed: say why the run failed
-    if result.success or batch["status"] == "failed":
-        return batch
-    failure = next((e for e in result.all_events if e.is_step_failure), None)
-    data = failure.step_failure_data if failure else None
-    reason = root_cause_message(data.error) if data and data.error else "run failed"
-    error = {"code": "run_failed", "message": reason, "line": None, "param": None}
-    return dict(batch, status="failed", errors={"object": "list", "data": [error]})
-
-
-def register_file(file: Path, storage: BatchStorage, project: str | None = None) -> tuple[str, str]:
-    """Put ``file`` in the inbox (of ``project``) and register its batch: (inbox key, batch id)."""
-    tenant = storage.for_project(project)
-    key = _inbox_key(tenant, file)
-    return key, register_batch(tenant, key)
-
-
-def run_batch(
-    key: str,
-    batch_id: str,
-    storage: BatchStorage,
-    engine: VLLMEngine,
-    instance: "dg.DagsterInstance | None" = None,
-    run_config: dict | None = None,
-    tags: dict[str, str] | None = None,
-    project: str | None = None,
-) -> dict:
-    """Run a registered batch to its end, unless it ended already; its batch.json."""
-    from batch_assets.jobs import batch_job
-
-    tenant = storage.for_project(project)
-    before = read_batch(tenant, batch_id)
-    if before["status"] in TERMINAL_STATUSES:
-        return before
-    result = _materialize(
-        batch_job,
-        storage,
-        engine,
-        partition_key(project, batch_id),
-        instance or _instance(tenant),
-        run_config,
-        {INPUT_TAG: key, **(tags or {})},
-    )
-    return _after(tenant, batch_id, before, result)
-
-
-def run_file(
-    file: Path,
-    storage: BatchStorage,
-    engine: VLLMEngine,
-    instance: "dg.DagsterInstance | None" = None,
-    run_config: dict | None = None,
-    tags: dict[str, str] | None = None,
-    project: str | None = None,
-) -> dict:
-    """Run ``file`` as a batch (of ``project``, if the storage has projects); its batch.json."""
-    key, batch_id = register_file(file, storage, project)
-    return run_batch(key, batch_id, storage, engine, instance, run_config, tags, project)
-
-
-def cancel_batch(
-    batch_id: str,
-    storage: BatchStorage,
-    engine: VLLMEngine,
-    instance: "dg.DagsterInstance | None" = None,
-    project: str | None = None,
-    wait_s: float = 30.0,
-) -> dict:
-    """Cancel ``batch_id``; publish its results here if no run does within ``wait_s``.
-
-    ``engine`` only names the served model (for validating a batch never validated); the
-    cancel job loads no engine.
-    """
-    from batch_assets.jobs import cancel_job
-
-    tenant = storage.for_project(project)
-    request_cancel(tenant, batch_id)
-    deadline = time.monotonic() + wait_s
-    while read_batch(tenant, batch_id)["status"] not in TERMINAL_STATUSES:
-        if time.monotonic() >= deadline:
-            key = partition_key(project, batch_id)
-            instance = instance or _instance(tenant)
-            before = read_batch(tenant, batch_id)
-            result = _materialize(cancel_job, storage, engine, key, instance, None, {})
-            return _after(tenant, batch_id, before, result)
-        time.sleep(1)
-    return read_batch(tenant, batch_id)
-
-
 def _result_urls(storage: BatchStorage, batch_id: str) -> dict[str, str]:
     paths = BatchPaths(batch_id)
-    keys = {"output": paths.output, "errors": paths.errors, "batch": paths.batch_json}
-    return {name: storage.url(key) for name, key in keys.items()}
+    urls = {"output": storage.url(paths.output), "errors": storage.url(paths.errors)}
+    return urls | {"batch": batch_url(storage, batch_id)}
 
 
 def _print_summary(
-    storage: BatchStorage, batch: dict, elapsed_s: float | None = None, log: str | None = None
+    storage: BatchStorage,
+    batch: BatchRecord,
+    elapsed_s: float | None = None,
+    log: str | None = None,
 ) -> None:
-    urls = _result_urls(storage, batch["id"]) | ({"log": log} if log else {})
+    urls = _result_urls(storage, batch.id) | ({"log": log} if log else {})
     print("\n".join(summary_lines(batch, urls, elapsed_s)))
     for line in error_lines(batch):
         print(line, file=sys.stderr)
@@ -254,12 +96,12 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
     key, batch_id = register_file(args.file, storage, args.project)
     log: str | None = None
     batch = read_batch(tenant, batch_id)
-    if batch["status"] in TERMINAL_STATUSES:
+    if batch.status.ended:
         print(f"{key}: batch {batch_id} had finished already", file=sys.stderr)
     elif args.verbose:
         display = ProgressDisplay(sys.stderr, batch_id)
         with watching(display.update):
-            batch = run_batch(key, batch_id, storage, engine, project=args.project)
+            batch = record_of(run_batch(key, batch_id, storage, engine, project=args.project))
         display.close()
     else:
         log_key, log_file = _log_file(tenant, batch_id)
@@ -269,7 +111,9 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
             with logs_to_file(log_file) as terminal:
                 display = ProgressDisplay(terminal, batch_id)
                 with watching(display.update):
-                    batch = run_batch(key, batch_id, storage, engine, project=args.project)
+                    batch = record_of(
+                        run_batch(key, batch_id, storage, engine, project=args.project)
+                    )
                 display.close()
         finally:
             if not tenant.is_local:  # keep it beside the batch, as in a folder
@@ -279,13 +123,13 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
                 except Exception as error:  # the storage failing must not hide why the run did
                     print(f"the log stays at {log_file}: {error}", file=sys.stderr)
     _print_summary(tenant, batch, time.monotonic() - started, log)
-    return 0 if batch["status"] == "completed" else 1
+    return 0 if batch.status is BatchStatus.COMPLETED else 1
 
 
 def _find_batch(storage: BatchStorage, batch_id: str) -> tuple[str | None, BatchStorage]:
     """The project holding ``batch_id``, and its storage."""
     for project, tenant in storage.tenants():
-        if tenant.exists(BatchPaths(batch_id).batch_json):
+        if batch_exists(tenant, batch_id):
             return project, tenant
     raise _UsageError(f"no batch {batch_id} in {storage.uri}")
 
@@ -294,13 +138,12 @@ def _command_status(args: argparse.Namespace, storage: BatchStorage) -> int:
     _, tenant = _find_batch(storage, args.batch_id)
     batch = read_batch(tenant, args.batch_id)
     if args.json:
-        print(json.dumps(batch, indent=2))
+        print(json.dumps(batch.as_dict(), indent=2))
         return 0
     _print_summary(tenant, batch)
-    meta = batch.get("metadata") or {}
-    print(f"input: {meta.get('input')}")
-    print(f"endpoint: {batch.get('endpoint') or '-'}")
-    print(f"model: {batch.get('model') or '-'}")
+    print(f"input: {batch.input_key}")
+    print(f"endpoint: {batch.endpoint or '-'}")
+    print(f"model: {batch.model or '-'}")
     print("\n".join(timestamp_lines(batch)))
     return 0
 
@@ -312,22 +155,22 @@ def _command_list(args: argparse.Namespace, storage: BatchStorage) -> int:
     batches.sort(key=lambda item: newest_first(item[1]), reverse=True)
     shown = batches[: args.limit] if args.limit else batches
     if args.json:
-        data = [{**batch, "project": project} for project, batch in shown]
+        data = [{**batch.as_dict(), "project": project} for project, batch in shown]
         print(json.dumps({"object": "list", "data": data, "has_more": len(shown) < len(batches)}))
         return 0
     header = ["BATCH ID", "STATUS", "TOTAL", "DONE", "FAILED", "CREATED", "INPUT"]
     rows = []
     for project, batch in shown:
-        counts = batch.get("request_counts") or {}
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(batch.get("created_at") or 0))
+        counts = batch.request_counts
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(batch.created_at))
         row = [
-            batch["id"],
-            batch["status"],
-            str(counts.get("total", 0)),
-            str(counts.get("completed", 0)),
-            str(counts.get("failed", 0)),
+            batch.id,
+            str(batch.status),
+            str(counts.total),
+            str(counts.completed),
+            str(counts.failed),
             created,
-            (batch.get("metadata") or {}).get("input", ""),
+            batch.input_key or "",
         ]
         rows.append(([project or "-"] if storage.projects else []) + row)
     if storage.projects:
@@ -346,9 +189,11 @@ def _command_cancel(args: argparse.Namespace, storage: BatchStorage) -> int:
     # The cancel job loads no engine. The served model's names matter only for validating a
     # batch that was never validated: they come from the environment, as in the code location.
     engine = VLLMEngine.from_env()
-    batch = cancel_batch(args.batch_id, storage, engine, project=project, wait_s=args.wait)
+    batch = record_of(
+        cancel_batch(args.batch_id, storage, engine, project=project, wait_s=args.wait)
+    )
     _print_summary(tenant, batch)
-    return 0 if batch["status"] == "cancelled" else 1
+    return 0 if batch.status is BatchStatus.CANCELLED else 1
 
 
 def _command_serve(args: argparse.Namespace, storage: BatchStorage) -> int:

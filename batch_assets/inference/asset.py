@@ -17,7 +17,13 @@ import polars as pl
 from batch_assets.input.asset import batch_input
 from batch_assets.input.manifest import Manifest, manifest_or_fail
 from batch_assets.input.shards import read_shard
-from batch_assets.lifecycle.batches import read_batch, update_batch
+from batch_assets.lifecycle.batches import (
+    BatchRecord,
+    BatchStatus,
+    Transition,
+    read_batch,
+    transition,
+)
 from batch_assets.lifecycle.cancellation import cancel_requested, mark_cancelling
 from batch_assets.partitions import batch_partitions, open_batch
 from resources.endpoints import EMBEDDINGS_URL
@@ -224,9 +230,9 @@ def _progress_reporter(
     return report
 
 
-def _deadline(context: dg.AssetExecutionContext, batch: dict[str, Any]) -> tuple[float, str]:
+def _deadline(context: dg.AssetExecutionContext, batch: BatchRecord) -> tuple[float, str]:
     """The earlier of the batch's expiry and the slot's end, and which one it is."""
-    deadlines = [(float(batch["expires_at"]), "completion window")]
+    deadlines = [(float(batch.expires_at), "completion window")]
     if slot_end := context.run.tags.get(SLOT_END_TAG):
         deadlines.append((float(slot_end), "overnight slot"))
     return min(deadlines)
@@ -248,11 +254,11 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
     done = journaled_lines(storage, paths.journal)
     todo = manifest.requests - len(done)
     batch = read_batch(storage, batch_id)
-    cancelled = cancel_requested(storage, batch_id, batch["status"])
+    cancelled = cancel_requested(storage, batch_id, batch.status)
     if cancelled:
         mark_cancelling(storage, batch_id)
-    elif batch["status"] == "validating":
-        update_batch(storage, batch_id, status="in_progress")
+    elif batch.status is BatchStatus.VALIDATING:
+        transition(storage, batch_id, Transition.START)
     deadline, deadline_name = _deadline(context, batch)  # expires_at: unchanged by the above
     context.log.info(
         "batch %s: %d requests, %d already journaled, %d to run",

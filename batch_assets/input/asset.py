@@ -5,7 +5,13 @@ from pydantic import Field
 
 from batch_assets.input.manifest import Manifest, manifest_or_fail
 from batch_assets.input.validation import FileRejected, Limits, save_manifest, validate_input
-from batch_assets.lifecycle.batches import fail_batch, read_batch, read_source, update_batch
+from batch_assets.lifecycle.batches import (
+    RequestCounts,
+    fail_batch,
+    read_batch,
+    read_source,
+    update_batch,
+)
 from batch_assets.lifecycle.files import set_file_status
 from batch_assets.partitions import batch_partitions, open_batch
 from resources.engines.vllm_engine import VLLMEngine
@@ -66,28 +72,22 @@ def batch_input(
     batch = read_batch(storage, batch_id)
     served = set(engine.served_model_names)
     try:
-        report = validate_input(
-            storage, source.key, paths, served, limits, batch["endpoint"] or None
-        )
+        report = validate_input(storage, source.key, paths, served, limits, batch.endpoint or None)
     except FileRejected as rejected:
         fail_batch(storage, batch_id, rejected.code, rejected.message, rejected.line)
-        set_file_status(storage, batch["input_file_id"], "error", rejected.message)
+        set_file_status(storage, batch.input_file_id, "error", rejected.message)
         raise dg.Failure(
             description=f"batch {batch_id} failed validation: {rejected.message}",
             metadata={"code": rejected.code, "input": source.key},
         ) from rejected
     manifest = save_manifest(storage, paths, source, report)
-    set_file_status(storage, batch["input_file_id"], "processed")
+    set_file_status(storage, batch.input_file_id, "processed")
     update_batch(
         storage,
         batch_id,
         endpoint=report.endpoint,
         model=engine.served_model_names[0],
-        request_counts={
-            "total": report.valid + report.invalid,
-            "completed": 0,
-            "failed": report.invalid,
-        },
+        request_counts=RequestCounts(report.valid + report.invalid, 0, report.invalid),
     )
     return _result(manifest, storage, paths, reused=False)
 

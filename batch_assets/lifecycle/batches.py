@@ -1,8 +1,28 @@
-"""``batch.json``: the OpenAI Batch object of one batch, and the batch's source reference."""
+"""The batch lifecycle: the one owner of ``batch.json`` and of every change of a batch's status.
+
+A batch's record is :class:`BatchRecord` (OpenAI's Batch object, typed, plus nothing of this
+project's own but ``metadata``). Only this module reads or writes it, and the only way its
+status changes is a named :class:`Transition`, checked against :data:`TRANSITIONS`:
+
+```
+validating --start--> in_progress --finalize--> finalizing --complete--> completed
+     |                    |                          |      --expire---> expired
+     +------finalize------|--------------------------+
+     +--request_cancel----+-------------------------+--> cancelling --confirm_cancel--> cancelled
+any status that has not ended (cancelling too) --fail--> failed
+```
+A transition to the status the batch already has is a no-op (a retried step, two sensors
+acting on one cancel request). Any other move the table does not hold raises
+:class:`IllegalTransition`, is logged with the batch id, and leaves the stored record as it
+was: a ``completed`` batch is never turned ``in_progress`` by a late retry, nor a
+``cancelled`` one published as ``completed``.
+"""
 
 import hashlib
+import logging
 import time
 import uuid
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -11,12 +31,248 @@ from batch_assets.lifecycle.files import FileRecord, record_batch_file
 from resources.layout import OUTBOX, BatchPaths, FilePaths, api_queue_key, batch_json_owner
 from resources.storage import BatchStorage, ObjectInfo
 
+logger = logging.getLogger(__name__)
 COMPLETION_WINDOW_S = 24 * 3600
-TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+
+
+class BatchStatus(StrEnum):
+    """OpenAI's batch statuses."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        """Completed, failed, expired or cancelled: nothing changes it any more."""
+        return self in ENDED
+
+    @property
+    def stopping(self) -> bool:
+        """Ended, or being cancelled: no new run is to be launched for it."""
+        return self.ended or self is BatchStatus.CANCELLING
+
+
+ENDED = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
+)
+
+
+class Transition(StrEnum):
+    START = "start"  # the first inference run began
+    FINALIZE = "finalize"  # the result files are being written
+    COMPLETE = "complete"  # published: every request answered
+    EXPIRE = "expire"  # published: the completion window ended first
+    REQUEST_CANCEL = "request_cancel"  # a cancel request was seen
+    CONFIRM_CANCEL = "confirm_cancel"  # published: the rest reported batch_cancelled
+    FAIL = "fail"  # the input was rejected, or the run failed for good
+
+
+_OPEN = frozenset(BatchStatus) - ENDED
+# transition -> (the statuses it may start from, the status it leads to)
+TRANSITIONS: dict[Transition, tuple[frozenset[BatchStatus], BatchStatus]] = {
+    Transition.START: (frozenset({BatchStatus.VALIDATING}), BatchStatus.IN_PROGRESS),
+    Transition.FINALIZE: (
+        frozenset({BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS}),
+        BatchStatus.FINALIZING,
+    ),
+    Transition.COMPLETE: (frozenset({BatchStatus.FINALIZING}), BatchStatus.COMPLETED),
+    Transition.EXPIRE: (frozenset({BatchStatus.FINALIZING}), BatchStatus.EXPIRED),
+    Transition.REQUEST_CANCEL: (_OPEN - {BatchStatus.CANCELLING}, BatchStatus.CANCELLING),
+    Transition.CONFIRM_CANCEL: (frozenset({BatchStatus.CANCELLING}), BatchStatus.CANCELLED),
+    Transition.FAIL: (_OPEN, BatchStatus.FAILED),
+}
+
+
+class IllegalTransition(Exception):
+    """A status change the table does not allow; the stored record is left as it was."""
+
+    def __init__(self, batch_id: str, status: BatchStatus, move: Transition):
+        sources, target = TRANSITIONS[move]
+        allowed = ", ".join(sorted(sources))
+        super().__init__(
+            f"batch {batch_id} is {status}: {move} (to {target}) starts only from {allowed}"
+        )
+        self.batch_id, self.status, self.move = batch_id, status, move
+
+
+def next_status(batch_id: str, status: BatchStatus, move: Transition) -> BatchStatus | None:
+    """The status after ``move``; None when the batch is there already; raises if refused."""
+    sources, target = TRANSITIONS[move]
+    if status is target:
+        return None
+    if status not in sources:
+        raise IllegalTransition(batch_id, status, move)
+    return target
+
+
+class RequestCounts(msgspec.Struct):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchError(msgspec.Struct):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(msgspec.Struct):
+    data: list[BatchError]
+    object: str = "list"
+
+
+class InputTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
+class BatchUsage(msgspec.Struct):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class BatchRecord(msgspec.Struct, kw_only=True):
+    """``batch.json``: the fields of ``openai.types.Batch``, in its order."""
+
+    id: str
+    object: str = "batch"
+    endpoint: str = ""  # "" until the input's lines name it (an inbox upload)
+    model: str | None = None
+    input_file_id: str
+    completion_window: str = "24h"
+    status: BatchStatus = BatchStatus.VALIDATING
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: BatchErrors | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = msgspec.field(default_factory=RequestCounts)
+    usage: BatchUsage | None = None
+    metadata: dict[str, str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as batch.json holds it (what the SDK's ``Batch`` validates)."""
+        return msgspec.to_builtins(self)
+
+    @property
+    def input_key(self) -> str | None:
+        """The storage key of the input, for a batch made from an inbox upload."""
+        return (self.metadata or {}).get("input")
+
+
+# The record's fields a caller may set; status and its timestamps go through transitions.
+_STAMPS = {f"{status}_at" for status in BatchStatus if status is not BatchStatus.VALIDATING}
+_SETTABLE = frozenset(BatchRecord.__struct_fields__) - _STAMPS - {"id", "object", "status"}
+
+
+def _decode(raw: bytes) -> BatchRecord:
+    return msgspec.json.decode(raw, type=BatchRecord)
+
+
+def _write(storage: BatchStorage, record: BatchRecord) -> None:
+    storage.write_bytes(BatchPaths(record.id).batch_json, msgspec.json.encode(record))
+
+
+def _checked(fields: dict[str, Any]) -> dict[str, Any]:
+    refused = set(fields) - _SETTABLE
+    if refused:
+        raise TypeError(
+            f"{', '.join(sorted(refused))}: not settable; a status changes through transition()"
+        )
+    return fields
+
+
+def record_of(batch: dict[str, Any]) -> BatchRecord:
+    """The record of a batch.json read as a dict (what the runner returns)."""
+    return msgspec.convert(batch, BatchRecord)
+
+
+def batch_exists(storage: BatchStorage, batch_id: str) -> bool:
+    return storage.exists(BatchPaths(batch_id).batch_json)
+
+
+def batch_url(storage: BatchStorage, batch_id: str) -> str:
+    """Where a person finds the batch's batch.json."""
+    return storage.url(BatchPaths(batch_id).batch_json)
+
+
+def read_batch(storage: BatchStorage, batch_id: str) -> BatchRecord:
+    return _decode(storage.read_bytes(BatchPaths(batch_id).batch_json))
+
+
+def update_batch(storage: BatchStorage, batch_id: str, **fields: Any) -> BatchRecord:
+    """Set fields of the record other than its status (counts, usage, metadata, ...)."""
+    record = msgspec.structs.replace(read_batch(storage, batch_id), **_checked(fields))
+    _write(storage, record)
+    return record
+
+
+def transition(
+    storage: BatchStorage, batch_id: str, move: Transition, **fields: Any
+) -> BatchRecord:
+    """Apply ``move`` (and ``fields``) to the batch; stamps the new status's ``<status>_at``.
+
+    Raises :class:`IllegalTransition` (logged, nothing written) when the table refuses it.
+    """
+    record = read_batch(storage, batch_id)
+    try:
+        target = next_status(batch_id, record.status, move)
+    except IllegalTransition as refused:
+        logger.error("batch %s: refused transition: %s", batch_id, refused)
+        raise
+    if target is None:
+        return record
+    stamp = {f"{target}_at": int(time.time())}
+    record = msgspec.structs.replace(record, status=target, **stamp, **_checked(fields))
+    _write(storage, record)
+    logger.info("batch %s: %s -> %s", batch_id, move, target)
+    return record
+
+
+def fail_batch(
+    storage: BatchStorage, batch_id: str, code: str, message: str, line: int | None = None
+) -> BatchRecord:
+    """Fail the batch with one readable reason in ``errors`` (a failed one keeps its first)."""
+    errors = BatchErrors([BatchError(code, message, None, line)])
+    return transition(storage, batch_id, Transition.FAIL, errors=errors)
+
+
+def failed_view(record: BatchRecord, message: str) -> BatchRecord:
+    """The record as a failed run leaves it for a person, when the storage could not say so."""
+    errors = BatchErrors([BatchError("run_failed", message)])
+    return msgspec.structs.replace(record, status=BatchStatus.FAILED, errors=errors)
+
+
+def root_cause_message(error: Any) -> str:
+    """The innermost message of a Dagster ``SerializableErrorInfo`` chain (the real reason)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 class SourceRef(msgspec.Struct, frozen=True):
-    """The inbox object a batch was made from (``work/<batch_id>/source.json``)."""
+    """The object a batch was made from (``work/<batch_id>/source.json``)."""
 
     key: str
     version: str  # the object's content identity (ObjectInfo.version) when it was registered
@@ -33,72 +289,20 @@ def batch_id_for(info: ObjectInfo) -> str:
     return f"batch_{digest[:32]}"
 
 
-def new_batch_object(
+def _new_record(
     batch_id: str,
     input_file_id: str,
-    created_at: int,
     metadata: dict[str, str] | None,
     endpoint: str = "",
-) -> dict[str, Any]:
-    return {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": endpoint,
-        "model": None,
-        "input_file_id": input_file_id,
-        "completion_window": "24h",
-        "status": "validating",
-        "output_file_id": None,
-        "error_file_id": None,
-        "errors": None,
-        "created_at": created_at,
-        "in_progress_at": None,
-        "expires_at": created_at + COMPLETION_WINDOW_S,
-        "finalizing_at": None,
-        "completed_at": None,
-        "failed_at": None,
-        "expired_at": None,
-        "cancelling_at": None,
-        "cancelled_at": None,
-        "request_counts": {"total": 0, "completed": 0, "failed": 0},
-        "usage": None,
-        "metadata": metadata,
-    }
-
-
-def read_batch(storage: BatchStorage, batch_id: str) -> dict[str, Any]:
-    return storage.read_json(BatchPaths(batch_id).batch_json)
-
-
-def update_batch(storage: BatchStorage, batch_id: str, **changes: Any) -> dict[str, Any]:
-    """Apply ``changes`` to batch.json; a new ``status`` also stamps its ``<status>_at``."""
-    batch = read_batch(storage, batch_id)
-    status = changes.get("status")
-    if status and status != batch["status"]:
-        stamp = {"in_progress": "in_progress_at", "finalizing": "finalizing_at"}.get(
-            status, f"{status}_at"
-        )
-        if stamp in batch and stamp not in changes:
-            changes[stamp] = int(time.time())
-    batch.update(changes)
-    storage.write_json(BatchPaths(batch_id).batch_json, batch)
-    return batch
-
-
-def root_cause_message(error: Any) -> str:
-    """The innermost message of a Dagster ``SerializableErrorInfo`` chain (the real reason)."""
-    while getattr(error, "cause", None) is not None:
-        error = error.cause
-    return error.message.strip()
-
-
-def fail_batch(
-    storage: BatchStorage, batch_id: str, code: str, message: str, line: int | None = None
-) -> dict[str, Any]:
-    """Mark the batch failed with one readable reason in ``errors``."""
-    error = {"code": code, "message": message, "param": None, "line": line}
-    return update_batch(
-        storage, batch_id, status="failed", errors={"object": "list", "data": [error]}
+) -> BatchRecord:
+    created = int(time.time())
+    return BatchRecord(
+        id=batch_id,
+        endpoint=endpoint,
+        input_file_id=input_file_id,
+        created_at=created,
+        expires_at=created + COMPLETION_WINDOW_S,
+        metadata=metadata,
     )
 
 
@@ -110,17 +314,16 @@ def register_batch(storage: BatchStorage, input_key: str, info: ObjectInfo | Non
     if not storage.exists(paths.source):
         source = SourceRef(key=info.key, version=info.version, size=info.size)
         storage.write_bytes(paths.source, msgspec.json.encode(source))
-    if not storage.exists(paths.batch_json):
+    if not batch_exists(storage, batch_id):
         file_id = record_batch_file(storage, batch_id, "input", input_key, info)
         metadata = {"input": input_key, "outbox": paths.outbox}
-        batch = new_batch_object(batch_id, file_id, int(time.time()), metadata)
-        storage.write_json(paths.batch_json, batch)
+        _write(storage, _new_record(batch_id, file_id, metadata))
     return batch_id
 
 
 def create_api_batch(
     storage: BatchStorage, file: FileRecord, endpoint: str, metadata: dict[str, str] | None
-) -> dict[str, Any]:
+) -> BatchRecord:
     """Record a batch over an uploaded file; the API sensor launches its run.
 
     The upload is not copied: the batch's source is the file's own content. The queue entry
@@ -132,14 +335,14 @@ def create_api_batch(
     source = SourceRef(key=file.content, version=info.version, size=info.size)
     storage.write_bytes(paths.source, msgspec.json.encode(source))
     storage.write_bytes(FilePaths(file.id).reader(batch_id), b"")
-    batch = new_batch_object(batch_id, file.id, int(time.time()), metadata, endpoint)
-    storage.write_json(paths.batch_json, batch)
+    record = _new_record(batch_id, file.id, metadata, endpoint)
+    _write(storage, record)
     storage.write_json(api_queue_key(batch_id), {"input_file_id": file.id})
-    return batch
+    return record
 
 
-def list_batches(storage: BatchStorage) -> list[dict[str, Any]]:
-    """Every batch.json of one project (or of a storage without projects), newest first."""
+def list_batches(storage: BatchStorage) -> list[BatchRecord]:
+    """Every batch of one project (or of a storage without projects), newest first."""
     found = [
         read_batch(storage, batch_id)
         for info in storage.list(OUTBOX)
@@ -149,6 +352,6 @@ def list_batches(storage: BatchStorage) -> list[dict[str, Any]]:
     return found
 
 
-def newest_first(batch: dict[str, Any]) -> tuple[int, str]:
+def newest_first(record: BatchRecord) -> tuple[int, str]:
     """The sort key of batch listings (with ``reverse=True``): creation time, then id."""
-    return batch.get("created_at") or 0, batch["id"]
+    return record.created_at, record.id

@@ -9,7 +9,13 @@ asset then publishes the finished lines in output.jsonl and every other request 
 errors.jsonl as ``batch_cancelled``, and the batch ends ``cancelled``.
 """
 
-from batch_assets.lifecycle.batches import TERMINAL_STATUSES, read_batch, update_batch
+from batch_assets.lifecycle.batches import (
+    BatchStatus,
+    Transition,
+    batch_exists,
+    read_batch,
+    transition,
+)
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
@@ -19,32 +25,36 @@ CANCELLED = (
 )
 
 
-def cancel_requested(storage: BatchStorage, batch_id: str, status: str | None = None) -> bool:
-    """Whether the batch is to be cancelled: a request object, or batch.json already says so.
+def cancel_requested(
+    storage: BatchStorage, batch_id: str, status: BatchStatus | None = None
+) -> bool:
+    """Whether the batch is to be cancelled: a request object, or its record already says so.
 
-    ``status`` is batch.json's status, when the caller has read it.
+    ``status`` is the record's status, when the caller has read it.
     """
-    return status in ("cancelling", "cancelled") or storage.exists(BatchPaths(batch_id).cancel)
+    if status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+        return True
+    return storage.exists(BatchPaths(batch_id).cancel)
 
 
-def request_cancel(storage: BatchStorage, batch_id: str) -> str:
+def request_cancel(storage: BatchStorage, batch_id: str) -> BatchStatus:
     """Ask for ``batch_id`` to be cancelled; returns its status afterwards.
 
     A finished batch stays as it is (OpenAI's API does the same).
     """
-    if not storage.exists(BatchPaths(batch_id).batch_json):
+    if not batch_exists(storage, batch_id):
         raise KeyError(f"no batch {batch_id} in {storage.uri}")
-    status = read_batch(storage, batch_id)["status"]
-    if status in TERMINAL_STATUSES:
+    status = read_batch(storage, batch_id).status
+    if status.ended:
         return status
     if not cancel_requested(storage, batch_id):
         storage.write_bytes(BatchPaths(batch_id).cancel, b"")
     return mark_cancelling(storage, batch_id)
 
 
-def mark_cancelling(storage: BatchStorage, batch_id: str) -> str:
-    """Move batch.json to ``cancelling`` unless it already finished; returns the status."""
-    status = read_batch(storage, batch_id)["status"]
-    if status in TERMINAL_STATUSES or status == "cancelling":
+def mark_cancelling(storage: BatchStorage, batch_id: str) -> BatchStatus:
+    """Move the batch to ``cancelling`` unless it already ended; returns the status."""
+    status = read_batch(storage, batch_id).status
+    if status.ended:
         return status
-    return update_batch(storage, batch_id, status="cancelling")["status"]
+    return transition(storage, batch_id, Transition.REQUEST_CANCEL).status

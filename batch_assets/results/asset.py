@@ -11,7 +11,16 @@ import dagster as dg
 from batch_assets.inference.asset import batch_inference
 from batch_assets.input.manifest import Manifest, manifest_or_fail
 from batch_assets.input.shards import iter_line_errors, read_shard
-from batch_assets.lifecycle.batches import read_batch, update_batch
+from batch_assets.lifecycle.batches import (
+    BatchUsage,
+    InputTokensDetails,
+    OutputTokensDetails,
+    RequestCounts,
+    Transition,
+    batch_url,
+    read_batch,
+    transition,
+)
 from batch_assets.lifecycle.cancellation import CANCELLED, cancel_requested, mark_cancelling
 from batch_assets.lifecycle.files import record_batch_file
 from batch_assets.partitions import batch_partitions, open_batch
@@ -148,8 +157,8 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     with JournalIndex(storage, paths.journal) as journal:
         missing = manifest.requests - len(journal)
         batch = read_batch(storage, batch_id)
-        cancelled = cancel_requested(storage, batch_id, batch["status"])
-        expired = missing > 0 and time.time() >= batch["expires_at"]
+        cancelled = cancel_requested(storage, batch_id, batch.status)
+        expired = missing > 0 and time.time() >= batch.expires_at
         if missing > 0 and not (expired or cancelled):
             raise dg.Failure(
                 f"batch {batch_id}: {missing} requests have no result yet; "
@@ -157,13 +166,11 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
             )
         if cancelled:
             mark_cancelling(storage, batch_id)
-            status, unfinished = "cancelled", CANCELLED
-        elif expired:
-            status, unfinished = "expired", ("batch_expired", EXPIRED_MESSAGE)
+            publish, unfinished = Transition.CONFIRM_CANCEL, CANCELLED
         else:
-            status, unfinished = "completed", ("batch_expired", EXPIRED_MESSAGE)
-        if batch["status"] in ("validating", "in_progress"):
-            update_batch(storage, batch_id, status="finalizing")
+            transition(storage, batch_id, Transition.FINALIZE)
+            publish = Transition.EXPIRE if expired else Transition.COMPLETE
+            unfinished = ("batch_expired", EXPIRED_MESSAGE)
         report_progress(Progress(batch_id, "publishing", len(journal), manifest.requests))
         completed = failed = 0
         preview: list[dict[str, Any]] = []
@@ -174,32 +181,33 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
                 failed += not ok
                 if len(preview) < 5:
                     preview.append(json.loads(text))
-        usage = {
-            "input_tokens": journal.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": journal.cached_tokens},
-            "output_tokens": journal.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": journal.reasoning_tokens},
-            "total_tokens": journal.prompt_tokens + journal.completion_tokens,
-        }
-    counts = {"total": completed + failed, "completed": completed, "failed": failed}
+        usage = BatchUsage(
+            input_tokens=journal.prompt_tokens,
+            input_tokens_details=InputTokensDetails(journal.cached_tokens),
+            output_tokens=journal.completion_tokens,
+            output_tokens_details=OutputTokensDetails(journal.reasoning_tokens),
+            total_tokens=journal.prompt_tokens + journal.completion_tokens,
+        )
+    counts = RequestCounts(completed + failed, completed, failed)
     checks = _check_files(storage, paths, manifest.request_lines)
-    update_batch(
+    final = transition(
         storage,
         batch_id,
-        status=status,
+        publish,
         request_counts=counts,
         usage=usage,
         output_file_id=record_batch_file(storage, batch_id, "output", paths.output),
         error_file_id=record_batch_file(storage, batch_id, "errors", paths.errors),
     )
+    record = final.as_dict()
     return dg.MaterializeResult(
         metadata={
-            "status": status,
-            "request_counts": dg.MetadataValue.json(counts),
-            "usage": dg.MetadataValue.json(usage),
+            "status": str(final.status),
+            "request_counts": dg.MetadataValue.json(record["request_counts"]),
+            "usage": dg.MetadataValue.json(record["usage"]),
             "output": dg.MetadataValue.path(storage.url(paths.output)),
             "errors": dg.MetadataValue.path(storage.url(paths.errors)),
-            "batch_json": dg.MetadataValue.path(storage.url(paths.batch_json)),
+            "batch_json": dg.MetadataValue.path(batch_url(storage, batch_id)),
             "preview": dg.MetadataValue.md(preview_table(preview)),
         },
         check_results=checks,

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-Phase = Literal["validating", "loading", "running", "publishing"]
+Phase = Literal["validation", "loading", "running", "publishing"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""``/v1/batches``: create, list, retrieve and cancel batches, as OpenAI's Batch API.
+
+A batch is recorded in the storage (:mod:`batch_assets.lifecycle.batches`); the API sensor
+launches its run, and its status is read from its record.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from openai.types import Batch
+from pydantic import BaseModel
+
+from batch_api.auth import Auth, Tenant
+from batch_api.errors import APIError, bad_request, not_found
+from batch_api.lists import page, remembered
+from batch_assets.lifecycle.batches import (
+    BatchRecord,
+    BatchStatus,
+    batch_exists,
+    create_api_batch,
+    list_batches,
+    read_batch,
+)
+from batch_assets.lifecycle.cancellation import request_cancel
+from batch_assets.lifecycle.files import read_file_record
+from resources.endpoints import SUPPORTED_URLS
+
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+
+router = APIRouter(tags=["Batch API"])
+
+
+class CreateBatch(BaseModel):
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
+
+
+def batch_body(batch: BatchRecord) -> dict[str, Any]:
+    """The record as the SDK's Batch (validated), ready to send."""
+    return Batch.model_validate(batch.as_dict()).model_dump(mode="json")
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    if metadata is None:
+        return
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise bad_request(f"metadata: at most {MAX_METADATA_PAIRS} pairs", "metadata")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise bad_request(
+                f"metadata: keys are at most {MAX_METADATA_KEY} characters", "metadata"
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise bad_request(
+                f"metadata: values are at most {MAX_METADATA_VALUE} characters", "metadata"
+            )
+
+
+def _check_request(body: CreateBatch) -> None:
+    if body.endpoint not in SUPPORTED_URLS:
+        raise bad_request(
+            f"endpoint {body.endpoint!r} is not supported; use one of {', '.join(SUPPORTED_URLS)}",
+            "endpoint",
+        )
+    if body.completion_window != "24h":
+        raise bad_request("completion_window: only '24h' is supported", "completion_window")
+    _check_metadata(body.metadata)
+
+
+@router.post("/v1/batches")
+def create_batch(
+    body: CreateBatch,
+    t: Auth,
+    idempotency_key_header: Annotated[str | None, Header(alias="idempotency-key")] = None,
+) -> JSONResponse:
+    stored, answer = remembered(t, "POST /v1/batches", idempotency_key_header)
+    if answer is not None:
+        return answer
+    _check_request(body)
+    record = read_file_record(t.storage, body.input_file_id)
+    if record is None or record.expired():
+        raise not_found("file", body.input_file_id)
+    if record.purpose != "batch":
+        raise bad_request(
+            f"input_file_id: file {record.id} has purpose {record.purpose!r}, not 'batch'",
+            "input_file_id",
+        )
+    answer_body = batch_body(create_api_batch(t.storage, record, body.endpoint, body.metadata))
+    if stored:
+        t.storage.write_json(stored, answer_body)
+    return JSONResponse(answer_body)
+
+
+@router.get("/v1/batches")
+def list_all_batches(
+    t: Auth,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> dict[str, Any]:
+    return page(list_batches(t.storage), lambda b: b.id, batch_body, after, limit)
+
+
+def existing_batch(t: Tenant, batch_id: str) -> BatchRecord:
+    """The batch's record; unknown or another project's: 404."""
+    if not batch_id.startswith("batch_") or "/" in batch_id:
+        raise not_found("batch", batch_id)
+    if not batch_exists(t.storage, batch_id):
+        raise not_found("batch", batch_id)
+    return read_batch(t.storage, batch_id)
+
+
+@router.get("/v1/batches/{batch_id}")
+def get_batch(batch_id: str, t: Auth) -> dict[str, Any]:
+    return batch_body(existing_batch(t, batch_id))
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+def cancel_batch(batch_id: str, t: Auth) -> dict[str, Any]:
+    batch = existing_batch(t, batch_id)
+    if batch.status.ended and batch.status is not BatchStatus.CANCELLED:
+        raise APIError(
+            409,
+            f"Batch {batch_id} has already ended ({batch.status}); it cannot be cancelled.",
+            "batch_not_cancellable",
+            "batch_id",
+        )
+    request_cancel(t.storage, batch_id)
+    return batch_body(read_batch(t.storage, batch_id))
