@@ -9,10 +9,13 @@ parts raises before that, so nothing is left behind.
 import re
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 from batch_api.errors import APIError, bad_request
 from resources.storage import BatchStorage
@@ -36,6 +39,90 @@ class UploadedForm:
         self.size = 0
 
 
+class _FormReader:
+    """python-multipart's callbacks for one body: the ``file`` part to the storage, the rest
+    into ``form.fields``."""
+
+    def __init__(self, stack: ExitStack, storage: BatchStorage, key: str, max_file_bytes: int):
+        self.stack, self.storage, self.key, self.max_file_bytes = (
+            stack,
+            storage,
+            key,
+            max_file_bytes,
+        )
+        self.form = UploadedForm()
+        self.writer: IO[bytes] | None = None
+        self.ended = False
+        self._name: str | None = None
+        self._is_file = False
+        self._headers: dict[bytes, bytes] = {}
+        self._value = bytearray()
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+
+    def callbacks(self) -> "MultipartCallbacks":
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self._name, self._is_file, self._headers = None, False, {}
+        self._value.clear()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field.extend(data[start:end])
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value.extend(data[start:end])
+
+    def on_header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        if self._name != "file":
+            return
+        if self.writer is not None:
+            raise bad_request("the form has more than one `file` part", "file")
+        filename = params.get(b"filename", b"upload").decode("utf-8", "replace")
+        self.form.filename = safe_filename(filename)
+        self._is_file = True
+        self.writer = self.stack.enter_context(self.storage.open_write(self.key))
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file and self.writer is not None:
+            self.form.size += end - start
+            if self.form.size > self.max_file_bytes:
+                raise APIError(
+                    413,
+                    f"the file is larger than this server accepts ({self.max_file_bytes} bytes)",
+                    "file_too_large",
+                    "file",
+                )
+            self.writer.write(data[start:end])
+            return
+        self._value.extend(data[start:end])
+        if len(self._value) > MAX_FIELD_BYTES:
+            raise bad_request(f"form field {self._name!r} is too long", None)
+
+    def on_part_end(self) -> None:
+        if not self._is_file and self._name:
+            self.form.fields[self._name] = self._value.decode("utf-8", "replace")
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
 def stream_upload(
     pull: Callable[[], bytes | None],
     content_type: str,
@@ -52,94 +139,21 @@ def stream_upload(
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise bad_request("the body must be multipart/form-data with a `file` part", "file")
-    form = UploadedForm()
     with ExitStack() as stack:
-        state: dict[str, object] = {"name": None, "is_file": False, "headers": {}}
-        value = bytearray()
-        writer: list[IO[bytes]] = []
-        header_field = bytearray()
-        header_value = bytearray()
-
-        def on_part_begin() -> None:
-            state.update(name=None, is_file=False, headers={})
-            value.clear()
-
-        def on_header_field(data: bytes, start: int, end: int) -> None:
-            header_field.extend(data[start:end])
-
-        def on_header_value(data: bytes, start: int, end: int) -> None:
-            header_value.extend(data[start:end])
-
-        def on_header_end() -> None:
-            headers = state["headers"]
-            assert isinstance(headers, dict)
-            headers[bytes(header_field).lower()] = bytes(header_value)
-            header_field.clear()
-            header_value.clear()
-
-        def on_headers_finished() -> None:
-            headers = state["headers"]
-            assert isinstance(headers, dict)
-            _, params = parse_options_header(headers.get(b"content-disposition", b""))
-            name = params.get(b"name", b"").decode("utf-8", "replace")
-            state["name"] = name
-            if name == "file":
-                if writer:
-                    raise bad_request("the form has more than one `file` part", "file")
-                filename = params.get(b"filename", b"upload").decode("utf-8", "replace")
-                form.filename = safe_filename(filename)
-                state["is_file"] = True
-                writer.append(stack.enter_context(storage.open_write(key)))
-
-        def on_part_data(data: bytes, start: int, end: int) -> None:
-            if state["is_file"]:
-                form.size += end - start
-                if form.size > max_file_bytes:
-                    raise APIError(
-                        413,
-                        f"the file is larger than this server accepts ({max_file_bytes} bytes)",
-                        "file_too_large",
-                        "file",
-                    )
-                writer[0].write(data[start:end])
-            else:
-                value.extend(data[start:end])
-                if len(value) > MAX_FIELD_BYTES:
-                    raise bad_request(f"form field {state['name']!r} is too long", None)
-
-        def on_end() -> None:
-            state["ended"] = True
-
-        def on_part_end() -> None:
-            name = state["name"]
-            if not state["is_file"] and isinstance(name, str) and name:
-                form.fields[name] = value.decode("utf-8", "replace")
-
-        parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": on_part_begin,
-                "on_header_field": on_header_field,
-                "on_header_value": on_header_value,
-                "on_header_end": on_header_end,
-                "on_headers_finished": on_headers_finished,
-                "on_part_data": on_part_data,
-                "on_part_end": on_part_end,
-                "on_end": on_end,
-            },
-        )
+        reader = _FormReader(stack, storage, key, max_file_bytes)
+        parser = MultipartParser(boundary, reader.callbacks())
         while (chunk := pull()) is not None:
             parser.write(chunk)
         parser.finalize()
-        if not state.get("ended"):
+        if not reader.ended:
             raise bad_request("the upload was cut off before its end", "file", "incomplete_upload")
-        if not writer:
+        if reader.writer is None:
             raise bad_request("the form has no `file` part", "file")
-        purpose = form.fields.get("purpose")
+        purpose = reader.form.fields.get("purpose")
         if purpose is None:
             raise APIError(
                 400, "purpose: a value is required", "missing_required_parameter", "purpose"
             )
         if purpose != "batch":
             raise bad_request(f"purpose {purpose!r} is not supported here; use 'batch'", "purpose")
-    return form
+    return reader.form

@@ -15,7 +15,12 @@ from typing import Any
 
 from batch_assets.cli.engine_flags import engine_flags
 from benchmarks.workloads import GiB
-from resources.engines.vllm_engine import POOL_FIELDS, VLLMEngine
+from resources.engines.base import BatchEngine
+from resources.engines.pool import VLLMServerPool
+from resources.engines.vllm_engine import VLLMEngine
+
+# The pool's own settings: not vLLM engine arguments.
+POOL_FIELDS = frozenset(VLLMServerPool.model_fields) - frozenset(BatchEngine.model_fields)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "models" / "tiny-chat"
@@ -51,13 +56,17 @@ CPU_FIELDS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """The engine of one workload, as fields of ``VLLMEngine``; every side uses exactly these."""
+    """The engine of one workload, as fields of the engine resource; every side uses exactly
+    these. With ``engine_urls`` it is the server pool, which keeps only the fields it has."""
 
-    engine: VLLMEngine
+    engine: VLLMEngine | VLLMServerPool
     gpu: bool = False
 
     @classmethod
     def of(cls, gpu: bool = False, **fields: Any) -> "EngineSettings":
+        if fields.get("engine_urls"):
+            own = {k: v for k, v in fields.items() if k in VLLMServerPool.model_fields}
+            return cls(VLLMServerPool(**own), gpu)
         return cls(VLLMEngine(**fields), gpu)
 
     def with_fields(self, **changes: Any) -> "EngineSettings":

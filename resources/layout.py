@@ -2,7 +2,7 @@
 
 One module so that a reader finds the whole layout in one place, and so that the folder and
 S3 backends, the assets, the sensors, the CLI and the HTTP API agree on it by construction.
-A test (``tests/test_layout.py``) fails when a layout literal appears anywhere else.
+A test (``tests/test_layering.py``) fails when a layout literal appears anywhere else.
 
 ```
 <root>/inbox/NAME.jsonl                upload here: runs as soon as the sensor sees it

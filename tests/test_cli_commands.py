@@ -15,6 +15,8 @@ from openai.types import Batch
 from batch_assets.cli.display import ProgressDisplay, logs_to_file
 from batch_assets.cli.engine_flags import NOT_FLAGS, engine_flags, engine_from_args, flag_of
 from batch_assets.cli.main import build_parser, main
+from resources.engines.config import engine_from_env
+from resources.engines.pool import VLLMServerPool
 from resources.engines.progress import Progress
 from resources.engines.vllm_engine import VLLMEngine
 from tests.conftest import MODEL_NAME, ROOT, chat_requests, request_ids
@@ -36,7 +38,7 @@ def _help(*command: str) -> str:
 
 def test_every_engine_field_is_a_run_flag_with_its_description():
     text = " ".join(_help("run").split())  # argparse wraps help text
-    for name, field in VLLMEngine.model_fields.items():
+    for name, field in {**VLLMEngine.model_fields, **VLLMServerPool.model_fields}.items():
         flag = flag_of(name)
         if name in NOT_FLAGS:
             assert flag not in text
@@ -54,24 +56,35 @@ def test_cancel_takes_no_engine_flags(capsys):
 
 
 def test_engine_flags_round_trip_through_the_parser():
-    fields = {
-        "model": "m",
-        "served_model_name": "served",
-        "model_aliases": ["a", "b"],
+    shared = {"model": "m", "served_model_name": "served", "model_aliases": ["a", "b"]}
+    in_process = {
+        **shared,
         "max_num_seqs": 7,
         "gpu_memory_utilization": 0.5,
         "enforce_eager": False,
         "enable_prefix_caching": True,
         "kv_cache_memory_bytes": 1 << 20,
+    }
+    pool = {
+        **shared,
         "engine_urls": ["http://a:8000/v1", "http://b:8000"],
         "priority_scheduling": True,
     }
-    args = build_parser().parse_args(["run", "f.jsonl", *engine_flags(fields)])
-    engine = engine_from_args(args)
-    assert engine.model_dump(exclude_unset=True) == fields
+    for fields, kind in ((in_process, VLLMEngine), (pool, VLLMServerPool)):
+        args = build_parser().parse_args(["run", "f.jsonl", *engine_flags(fields)])
+        engine = engine_from_args(args)
+        assert type(engine) is kind
+        assert engine.model_dump(exclude_unset=True) == fields
     untouched = engine_from_args(build_parser().parse_args(["run", "f.jsonl"]))
+    assert isinstance(untouched, VLLMEngine)
     assert untouched.enforce_eager is None  # left to the resource's platform default
-    assert not untouched.pooled
+
+
+def test_the_other_modes_flags_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", __file__, "--engine-url", "http://a:1/v1", "--max-model-len", "64"])
+    assert exited.value.code == 2
+    assert "--max-model-len" in capsys.readouterr().err
 
 
 def test_engine_url_is_repeatable_and_the_environment_gives_a_comma_list(monkeypatch):
@@ -81,8 +94,9 @@ def test_engine_url_is_repeatable_and_the_environment_gives_a_comma_list(monkeyp
     assert engine_from_args(args).engine_urls == ["http://a:1/v1", "http://b:2/v1"]
     monkeypatch.setenv("BATCH_ENGINE_URLS", " http://a:1/v1, http://b:2 ,")
     monkeypatch.setenv("BATCH_ENGINE_API_KEY", "sk-servers")
-    engine = VLLMEngine.from_env()
-    assert engine.pooled and engine.engine_urls == ["http://a:1/v1", "http://b:2"]
+    engine = engine_from_env()
+    assert isinstance(engine, VLLMServerPool)
+    assert engine.engine_urls == ["http://a:1/v1", "http://b:2"]
     # The key stays a reference to the variable: Dagster resolves it when the run starts.
     assert isinstance(engine.engine_api_key, dg.EnvVar)
 

@@ -19,7 +19,8 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job
 from kubernetes.client import ApiClient
 
-from batch_assets.jobs import engine_run_tags
+from resources.engines.config import engine_from_env
+from resources.engines.pool import VLLMServerPool
 from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import ENGINE_POOL_TAG, GPU_TAG
 from tests.conftest import ROOT
@@ -138,20 +139,20 @@ def _run_pod(instance: dg.DagsterInstance, tags: dict[str, str]) -> dict[str, An
 def test_in_process_run_pods_ask_for_their_gpus_and_pool_run_pods_for_none(
     k8s_instance, tiny_model
 ):
-    one = _run_pod(k8s_instance, engine_run_tags(VLLMEngine(model=str(tiny_model))))
+    one = _run_pod(k8s_instance, VLLMEngine(model=str(tiny_model)).run_tags())
     spec = one["spec"]["template"]["spec"]
     assert spec["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
         "tolerations"
     ]
     two = _run_pod(
-        k8s_instance, engine_run_tags(VLLMEngine(model=str(tiny_model), tensor_parallel_size=2))
+        k8s_instance, VLLMEngine(model=str(tiny_model), tensor_parallel_size=2).run_tags()
     )
     assert two["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
         "nvidia.com/gpu": "2"
     }
-    pooled = VLLMEngine(model=str(tiny_model), engine_urls=["http://vllm-pool:8000/v1"])
-    tags = engine_run_tags(pooled)
+    pooled = VLLMServerPool(model=str(tiny_model), engine_urls=["http://vllm-pool:8000/v1"])
+    tags = pooled.run_tags()
     assert GPU_TAG not in tags and ENGINE_POOL_TAG in tags
     container = _run_pod(k8s_instance, tags)["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in str(container.get("resources"))
@@ -180,3 +181,21 @@ def test_the_pool_the_values_and_the_api_name_the_same_model_and_service():
     api_env = {item["name"]: item["value"] for item in api["env"]}
     assert api_env["BATCH_STORAGE"] == env["BATCH_STORAGE"]
     assert api_env["BATCH_SERVED_MODEL_NAME"] == served
+
+
+def test_the_values_mount_an_engine_config_the_code_location_accepts(tmp_path, monkeypatch):
+    (deployment,) = _values()["dagster-user-deployments"]["deployments"]
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    (mount,) = deployment["volumeMounts"]
+    (volume,) = deployment["volumes"]
+    assert mount["name"] == volume["name"]
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in _manifests()}
+    config_map = docs[("ConfigMap", volume["configMap"]["name"])]
+    path = Path(env["BATCH_ENGINE_CONFIG"])
+    assert path.parent == Path(mount["mountPath"]) and path.name in config_map["data"]
+    local = tmp_path / path.name
+    local.write_text(config_map["data"][path.name])
+    monkeypatch.setenv("BATCH_ENGINE_CONFIG", str(local))
+    monkeypatch.setenv("BATCH_ENGINE_URLS", env["BATCH_ENGINE_URLS"])
+    engine = engine_from_env(model=env["BATCH_MODEL"])
+    assert isinstance(engine, VLLMServerPool) and engine.server_down_timeout_s == 120

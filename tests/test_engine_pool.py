@@ -13,6 +13,7 @@ from batch_assets.cli.runner import run_file
 from batch_assets.inference.asset import OVERNIGHT_PRIORITY
 from batch_assets.lifecycle.batches import register_batch
 from batch_assets.lifecycle.cancellation import request_cancel
+from resources.engines.pool import VLLMServerPool
 from resources.engines.vllm_engine import VLLMEngine
 from resources.journal import journaled_lines
 from resources.layout import JOURNAL_SEGMENT_SUFFIX, SLOT_END_TAG, SLOT_TAG, BatchPaths
@@ -33,26 +34,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def all_servers(tiny_model, tmp_path_factory):
-    """Two servers, and a third that answers every request 503 (vLLM's own admission limit,
-    --max-num-queued-reqs 0: a replica whose queue is full); started together."""
+def servers(tiny_model, tmp_path_factory):
+    """Two servers, started together. The pool's retries, 5xx accounting, back-off and model
+    checks are tests/test_server_loop.py's, on small servers that fail exactly as told."""
     logs = tmp_path_factory.mktemp("vllm-servers")
     pair = [VLLMServer(tiny_model, logs), VLLMServer(tiny_model, logs)]
-    full = VLLMServer(tiny_model, logs, extra=["--max-num-queued-reqs", "0"])
-    start_all([*pair, full])
-    yield pair, full
-    for server in [*pair, full]:
+    start_all(pair)
+    yield pair
+    for server in pair:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def servers(all_servers):
-    return all_servers[0]
-
-
-@pytest.fixture
-def full(all_servers) -> VLLMServer:
-    return all_servers[1]
 
 
 @pytest.fixture
@@ -61,8 +51,8 @@ def up(servers) -> list[VLLMServer]:
     return servers
 
 
-def _pool(engine: VLLMEngine, urls: list[str], **fields) -> VLLMEngine:
-    return VLLMEngine(
+def _pool(engine: VLLMEngine, urls: list[str], **fields) -> VLLMServerPool:
+    return VLLMServerPool(
         model=engine.model,
         served_model_name=MODEL_NAME,
         engine_urls=urls,
@@ -197,29 +187,6 @@ def test_all_servers_down_then_back_resumes_from_the_journal(engine, up, tmp_pat
     assert len(records) == len(set(records)) == 1500
 
 
-def test_a_server_that_serves_another_model_fails_the_run_before_any_request(
-    engine, up, tmp_path, instance
-):
-    storage = BatchStorage(root=str(tmp_path / "storage"))
-    upload = tmp_path / "other.jsonl"
-    upload.write_text(
-        "".join(
-            request_line(f"o{i}", {**chat_body(), "model": "other-model"}) + "\n" for i in range(5)
-        )
-    )
-    served_before = [s.metric("vllm:request_success_total") for s in up]
-    pool = VLLMEngine(
-        model=engine.model, served_model_name="other-model", engine_urls=[s.url for s in up]
-    )
-    batch = run_file(upload, storage, pool, instance=instance)
-    assert batch["status"] == "failed"
-    message = batch["errors"]["data"][0]["message"]
-    assert "serves ['tiny-chat'], not the configured model 'other-model'" in message, message
-    assert "--served-model-name other-model" in message
-    assert journaled_lines(storage, BatchPaths(batch["id"]).journal).size == 0
-    assert [s.metric("vllm:request_success_total") for s in up] == served_before
-
-
 def test_cancel_stops_a_pool_run_within_seconds_and_the_servers_drop_its_requests(
     engine, up, tmp_path, instance
 ):
@@ -270,45 +237,6 @@ def test_the_slot_end_stops_a_pool_run_and_the_next_slot_finishes(engine, up, tm
         output, _ = _published(storage, first["id"])
         assert [line["custom_id"] for line in output] == request_ids("n", 3000)
         assert len(_journal_records(storage, first["id"])) == 3000
-
-
-REJECTED = "vllm:admission_rejections_total"
-
-
-def test_a_batch_whose_requests_get_5xx_on_one_server_completes_on_the_other(
-    engine, up, full, tmp_path, instance
-):
-    storage = BatchStorage(root=str(tmp_path / "storage"))
-    upload = tmp_path / "flaky.jsonl"
-    upload.write_text(chat_requests("f", 300, max_tokens=8))
-    rejected_before = full.metric(REJECTED)
-    batch = run_file(upload, storage, _pool(engine, [full.url, up[1].url]), instance=instance)
-    assert full.metric(REJECTED) > rejected_before  # the full server was tried, and said 503
-    assert batch["status"] == "completed", batch
-    assert batch["request_counts"] == {"total": 300, "completed": 300, "failed": 0}
-    output, errors = _published(storage, batch["id"])
-    assert errors == []
-    for line in output:
-        oc.ChatCompletion.model_validate(line["response"]["body"], strict=True)
-
-
-def test_a_request_that_keeps_getting_5xx_becomes_an_error_line(engine, full, tmp_path, instance):
-    storage = BatchStorage(root=str(tmp_path / "storage"))
-    upload = tmp_path / "broken.jsonl"
-    upload.write_text(chat_requests("b", 3, max_tokens=8) + "{not json\n")
-    rejected_before = full.metric(REJECTED)
-    batch = run_file(upload, storage, _pool(engine, [full.url]), instance=instance)
-    assert batch["status"] == "completed", batch
-    assert batch["request_counts"] == {"total": 4, "completed": 0, "failed": 4}
-    assert full.metric(REJECTED) - rejected_before == 3 * 3  # three attempts, then the line
-    output, errors = _published(storage, batch["id"])
-    assert output == []
-    by_id = {e["custom_id"]: e for e in errors}
-    for custom_id in request_ids("b", 3):
-        response = by_id[custom_id]["response"]
-        assert response["status_code"] == 503
-        assert response["body"]["error"]["message"]  # vLLM's own reason
-    assert sum(e["error"] is not None and e["error"]["line"] == 4 for e in errors) == 1
 
 
 def test_overnight_pool_runs_yield_priority_when_the_servers_schedule_by_it(

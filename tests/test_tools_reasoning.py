@@ -14,6 +14,7 @@ import openai.types.chat as oc
 import pytest
 from openai.types.responses import Response
 
+from resources.engines.pool import VLLMServerPool
 from resources.engines.vllm_engine import VLLMEngine
 from tests.conftest import MODEL_NAME, chat_body, request_line
 from tests.vllm_servers import VLLMServer, start_all
@@ -204,12 +205,14 @@ def servers(tiny_model, tmp_path_factory) -> dict[str, VLLMServer]:
         server.stop()
 
 
-def _engines(engine: VLLMEngine, fields: dict, server: VLLMServer) -> tuple[VLLMEngine, VLLMEngine]:
+def _engines(
+    engine: VLLMEngine, fields: dict, server: VLLMServer
+) -> tuple[VLLMEngine, VLLMServerPool]:
     """The engine of this session with ``fields`` (the same loaded model), and pool mode on
-    ``server`` with the same fields."""
+    ``server`` (started with the same fields)."""
     ours = VLLMEngine(**{**engine.model_dump(), **fields})
-    pool = VLLMEngine(**{**ours.model_dump(), "engine_urls": [server.url], "keep_loaded": False})
-    return ours, pool
+    shared = {k: v for k, v in ours.model_dump().items() if k in VLLMServerPool.model_fields}
+    return ours, VLLMServerPool(**shared, engine_urls=[server.url])
 
 
 def _chat(run, custom_id: str) -> oc.ChatCompletion:

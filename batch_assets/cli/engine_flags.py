@@ -1,10 +1,12 @@
-"""Command-line flags for the engine, generated from the fields of :class:`VLLMEngine`.
+"""Command-line flags for the engine, generated from the fields of the two engine resources.
 
-The resource's fields are the one list of engine settings: each becomes ``--field-name`` with
-the field's type, its description as help and its default named there. A flag left out keeps
-the resource's own default (several defaults depend on the platform, which is known only when
-the engine loads), so only the flags given reach the resource. :func:`engine_flags` is the
-inverse, for programs that start ``batch-infer run`` (the benchmarks).
+The resources' fields (:class:`VLLMEngine`'s and :class:`VLLMServerPool`'s) are the one list
+of engine settings (the engine config file's keys are these flags too): each becomes
+``--field-name`` with the field's type, its description as help and its default named there.
+A flag left out keeps the resource's own default (several defaults depend on the platform,
+which is known only when the engine loads), so only the flags given reach the resource.
+:func:`engine_flags` is the inverse, for programs that start ``batch-infer run`` (the
+benchmarks).
 """
 
 import argparse
@@ -15,20 +17,14 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from resources.engines.vllm_engine import DEFAULT_MODEL, VLLMEngine
+from resources.engines.base import DEFAULT_MODEL, BatchEngine
+from resources.engines.config import ENV, engine_from_env, flag_of
+from resources.engines.config import engine_fields as all_engine_fields
+
+__all__ = ["add_engine_arguments", "engine_flags", "engine_from_args", "flag_of"]
 
 # Settings of this process, not of a one-shot run's engine.
 NOT_FLAGS = frozenset({"keep_loaded"})
-
-
-def flag_of(name: str) -> str:
-    """``--field-name``, or the flag the field names (``--engine-url`` for ``engine_urls``)."""
-    extra = (
-        VLLMEngine.model_fields[name].json_schema_extra if name in VLLMEngine.model_fields else None
-    )
-    if isinstance(extra, dict) and isinstance(extra.get("flag"), str):
-        return str(extra["flag"])
-    return f"--{name.replace('_', '-')}"
 
 
 def _value_type(annotation: Any) -> Any:
@@ -48,13 +44,13 @@ def _default_text(name: str, field: FieldInfo) -> str:
         shown = f"default: {'on' if default else 'off'}"
     else:
         shown = f"default: {default}"
-    env = VLLMEngine.ENV.get(name)
+    env = ENV.get(name)
     said = "; ".join(part for part in (f"env {env}" if env else "", shown) if part)
     return f" ({said})" if said else ""
 
 
 def engine_fields() -> dict[str, FieldInfo]:
-    return {n: f for n, f in VLLMEngine.model_fields.items() if n not in NOT_FLAGS}
+    return {n: f for n, f in all_engine_fields().items() if n not in NOT_FLAGS}
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,10 +84,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag_of(name), dest=name, type=kind, default=None, help=help_text)
 
 
-def engine_from_args(args: argparse.Namespace) -> VLLMEngine:
-    """The engine of the flags given; the others keep the resource's defaults."""
+def engine_from_args(args: argparse.Namespace) -> BatchEngine:
+    """The engine of the flags given; the others keep the resource's defaults.
+
+    The flags win over the engine config file and the environment (as in the code location).
+    """
     given = {name: getattr(args, name) for name in engine_fields()}
-    return VLLMEngine.from_env(**{k: v for k, v in given.items() if v is not None})
+    return engine_from_env(**{k: v for k, v in given.items() if v is not None})
 
 
 def engine_flags(fields: dict[str, Any]) -> list[str]:

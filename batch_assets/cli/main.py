@@ -44,8 +44,8 @@ from batch_assets.lifecycle.batches import (
     read_batch,
     record_of,
 )
+from resources.engines.config import EngineConfigError, engine_from_env
 from resources.engines.progress import watching
-from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
@@ -188,7 +188,7 @@ def _command_cancel(args: argparse.Namespace, storage: BatchStorage) -> int:
     project, tenant = _find_batch(storage, args.batch_id)
     # The cancel job loads no engine. The served model's names matter only for validating a
     # batch that was never validated: they come from the environment, as in the code location.
-    engine = VLLMEngine.from_env()
+    engine = engine_from_env()
     batch = record_of(
         cancel_batch(args.batch_id, storage, engine, project=project, wait_s=args.wait)
     )
@@ -199,6 +199,7 @@ def _command_cancel(args: argparse.Namespace, storage: BatchStorage) -> int:
 def _command_serve(args: argparse.Namespace, storage: BatchStorage) -> int:
     from batch_api.server import ServeRefused, serve
 
+    engine_from_env()  # the engine settings the code location reads: refused here as there
     try:
         serve(storage, args.host, args.port, args.max_file_bytes)
     except ServeRefused as refused:
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     storage = BatchStorage.from_env(**fields)
     try:
         return COMMANDS[args.command](args, storage)
-    except _UsageError as error:
+    except (_UsageError, EngineConfigError) as error:
         parser.error(str(error))
     except KeyboardInterrupt:
         print("interrupted: finished answers are journaled; run again to resume", file=sys.stderr)

@@ -21,7 +21,7 @@ from batch_assets.lifecycle.batches import (
 )
 from batch_assets.lifecycle.cancellation import request_cancel
 from batch_assets.partitions import BATCH_PARTITIONS, partition_key
-from resources.engines.vllm_engine import VLLMEngine as BatchEngine
+from resources.engines.base import BatchEngine
 from resources.layout import CLI_DAGSTER_HOME, INBOX, INPUT_TAG, inbox_key
 from resources.storage import BatchStorage
 
@@ -79,7 +79,7 @@ def _materialize(
             resources={"storage": storage, "engine": engine},
             run_config=run_config,
             raise_on_error=False,
-            tags=tags,
+            tags={**engine.run_tags(), **tags},
         )
 
 

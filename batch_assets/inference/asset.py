@@ -8,7 +8,6 @@ materializes, and ``batch_results`` reports the unfinished lines as ``batch_expi
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -26,15 +25,8 @@ from batch_assets.lifecycle.batches import (
 )
 from batch_assets.lifecycle.cancellation import cancel_requested, mark_cancelling
 from batch_assets.partitions import batch_partitions, open_batch
-from resources.endpoints import EMBEDDINGS_URL
-from resources.engines.inference_loop import InferenceLoop, LoopStats
-from resources.engines.openai_to_vllm import RequestBuilder
+from resources.engines.base import BatchEngine, LoopStats, RunControl
 from resources.engines.progress import Progress, report_progress
-from resources.engines.server_loop import ServerLoop, ServersUnavailable
-from resources.engines.servers import PoolMisconfigured, ServerPool
-from resources.engines.vllm_engine import Runner, VLLMEngine
-from resources.engines.vllm_serving import ServingLayer
-from resources.engines.vllm_to_openai import ResponseBuilder
 from resources.journal import JournalWriter, journaled_lines
 from resources.layout import SLOT_END_TAG, SLOT_TAG, BatchPaths
 from resources.storage import BatchStorage
@@ -63,7 +55,7 @@ def pending_requests(
 def run_requests(
     context: dg.AssetExecutionContext,
     storage: BatchStorage,
-    engine: VLLMEngine,
+    engine: BatchEngine,
     batch_id: str,
     manifest: Manifest,
     pending: Iterable[tuple[int, str]],
@@ -75,128 +67,25 @@ def run_requests(
 
     In-process the engine is loaded here; in pool mode the requests go to its servers (no
     load). A cancel request (:mod:`batch_assets.lifecycle.cancellation`) stops the run within
-    seconds.
-    ``done_before`` and ``total`` only frame the progress reports.
+    seconds. ``done_before`` and ``total`` only frame the progress reports.
     """
+    engine.check_run_tags(context.run.tags)
     attempt = f"{int(time.time() * 1000)}-{context.run.run_id[:8]}"
     reporter = _progress_reporter(context, batch_id, done_before, total)
+    overnight = context.run.tags.get(SLOT_TAG) is not None
+    control = RunControl(
+        deadline=deadline,
+        cancel_check=lambda: cancel_requested(storage, batch_id),
+        on_progress=reporter,
+        progress_interval_s=PROGRESS_INTERVAL_S,
+        priority=OVERNIGHT_PRIORITY if overnight else 0,
+    )
+    if engine.LOADS_IN_RUN:
+        report_progress(Progress(batch_id, "loading", done_before, total))
     with JournalWriter(storage, BatchPaths(batch_id).journal, attempt) as journal:
-        if engine.pooled:
-            stats, load_s = (
-                _run_on_servers(
-                    context,
-                    storage,
-                    engine,
-                    batch_id,
-                    manifest,
-                    pending,
-                    deadline,
-                    journal,
-                    reporter,
-                ),
-                0.0,
-            )
-        else:
-            report_progress(Progress(batch_id, "loading", done_before, total))
-            stats, load_s = _run_in_process(
-                storage, engine, batch_id, manifest, pending, deadline, journal, reporter
-            )
+        stats, load_s = engine.run_pending(batch_id, manifest.endpoint, pending, journal, control)
     reporter(stats)
     return stats, load_s
-
-
-def _run_in_process(
-    storage: BatchStorage,
-    engine: VLLMEngine,
-    batch_id: str,
-    manifest: Manifest,
-    pending: Iterable[tuple[int, str]],
-    deadline: float | None,
-    journal: JournalWriter,
-    reporter: Callable[[LoopStats], None],
-) -> tuple[LoopStats, float]:
-    started = time.monotonic()
-    runner: Runner = "pooling" if manifest.endpoint == EMBEDDINGS_URL else "generate"
-    llm = engine.load(runner)
-    load_s = time.monotonic() - started
-    max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
-    serving = None if runner == "pooling" else _serving_layer(llm, engine, batch_id)
-    loop = InferenceLoop(
-        llm=llm,
-        requests=RequestBuilder(llm, clamp_max_tokens=engine.clamp_max_tokens, serving=serving),
-        responses=ResponseBuilder(engine.served_model_names[0], llm.get_tokenizer(), serving),
-        journal=journal,
-        batch_id=batch_id,
-        endpoint=manifest.endpoint,
-        window=engine.max_pending_requests or 4 * max_num_seqs,
-        deadline=deadline,
-        cancel_check=lambda: cancel_requested(storage, batch_id),
-        on_progress=reporter,
-        progress_interval_s=PROGRESS_INTERVAL_S,
-    )
-    try:
-        return loop.run(pending), load_s
-    except Exception as error:
-        if type(error).__name__ != "EngineDeadError":
-            raise
-        engine.discard()  # a kept engine is dead: the next run builds a new one
-        raise dg.Failure(
-            f"batch {batch_id}: the vLLM engine died mid-batch (out of memory or a crash: "
-            f"{error}); the answers finished so far are journaled and a rerun resumes"
-        ) from error
-
-
-def _serving_layer(llm: Any, engine: VLLMEngine, batch_id: str) -> ServingLayer:
-    """vLLM's serving layer with the engine's parsers (tools, reasoning, Responses)."""
-    try:
-        return ServingLayer(
-            llm,
-            engine.served_model_names[0],
-            engine.tool_call_parser,
-            engine.enable_auto_tool_choice,
-            engine.reasoning_parser,
-        )
-    except (TypeError, KeyError, ValueError) as error:  # e.g. a parser vLLM does not have
-        raise dg.Failure(f"batch {batch_id}: the engine's parser settings: {error}") from error
-
-
-def _run_on_servers(
-    context: dg.AssetExecutionContext,
-    storage: BatchStorage,
-    engine: VLLMEngine,
-    batch_id: str,
-    manifest: Manifest,
-    pending: Iterable[tuple[int, str]],
-    deadline: float | None,
-    journal: JournalWriter,
-    reporter: Callable[[LoopStats], None],
-) -> LoopStats:
-    """Pool mode: the requests go to the engine's servers; nothing is loaded here."""
-    overnight = context.run.tags.get(SLOT_TAG) is not None
-    loop = ServerLoop(
-        pool=ServerPool(
-            engine.engine_urls,
-            engine.served_model_names[0],
-            window=engine.server_window,
-            timeout_s=engine.server_timeout_s,
-            api_key=engine.engine_api_key,
-        ),
-        journal=journal,
-        endpoint=manifest.endpoint,
-        model=engine.served_model_names[0],
-        down_timeout_s=engine.server_down_timeout_s,
-        priority=(OVERNIGHT_PRIORITY if overnight else 0) if engine.priority_scheduling else None,
-        deadline=deadline,
-        cancel_check=lambda: cancel_requested(storage, batch_id),
-        on_progress=reporter,
-        progress_interval_s=PROGRESS_INTERVAL_S,
-    )
-    try:
-        return loop.run(pending)
-    except PoolMisconfigured as error:
-        raise dg.Failure(f"batch {batch_id}: {error}") from error
-    except ServersUnavailable as error:
-        raise dg.Failure(f"batch {batch_id}: {error}") from error
 
 
 def _progress_reporter(
@@ -247,7 +136,7 @@ def _deadline(context: dg.AssetExecutionContext, batch: BatchRecord) -> tuple[fl
     "pool mode), journaled as it finishes.",
     output_required=False,
 )
-def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine):
+def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, engine: BatchEngine):
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
     manifest = manifest_or_fail(storage, paths)

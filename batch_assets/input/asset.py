@@ -14,7 +14,7 @@ from batch_assets.lifecycle.batches import (
 )
 from batch_assets.lifecycle.files import set_file_status
 from batch_assets.partitions import batch_partitions, open_batch
-from resources.engines.vllm_engine import VLLMEngine
+from resources.engines.base import BatchEngine
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
@@ -43,7 +43,7 @@ def batch_input(
     context: dg.AssetExecutionContext,
     config: InputLimits,
     storage: BatchStorage,
-    engine: VLLMEngine,
+    engine: BatchEngine,
 ) -> dg.MaterializeResult:
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)

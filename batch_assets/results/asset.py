@@ -24,7 +24,7 @@ from batch_assets.lifecycle.batches import (
 from batch_assets.lifecycle.cancellation import CANCELLED, cancel_requested, mark_cancelling
 from batch_assets.lifecycle.files import record_batch_file
 from batch_assets.partitions import batch_partitions, open_batch
-from resources.engines.inference_loop import dumps, response_id
+from resources.engines.base import dumps, response_id
 from resources.engines.progress import Progress, report_progress
 from resources.journal import JournalIndex, JournalRecord
 from resources.layout import BatchPaths

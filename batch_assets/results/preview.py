@@ -16,7 +16,7 @@ from batch_assets.input.manifest import manifest_or_fail
 from batch_assets.input.shards import iter_requests
 from batch_assets.partitions import batch_partitions, open_batch
 from batch_assets.results.asset import preview_table, success_line
-from resources.engines.vllm_engine import VLLMEngine
+from resources.engines.base import BatchEngine
 from resources.journal import read_journal
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
@@ -32,7 +32,7 @@ PREVIEW_REQUESTS = 10
     description=f"The first {PREVIEW_REQUESTS} valid requests of a batch, answered at once.",
 )
 def batch_preview(
-    context: dg.AssetExecutionContext, storage: BatchStorage, engine: VLLMEngine
+    context: dg.AssetExecutionContext, storage: BatchStorage, engine: BatchEngine
 ) -> dg.MaterializeResult:
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)

@@ -7,17 +7,14 @@ process, between steps when it runs in this one. Finished requests become OpenAI
 bodies and are journaled after every engine step.
 """
 
-import hashlib
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
+from resources.engines.base import LoopStats, RunControl, dumps, response_id
 from resources.engines.openai_to_vllm import PreparedRequest, RequestBuilder, RequestRejected
 from resources.engines.request_feed import DONE, InlineFeed, ThreadedFeed
 from resources.engines.vllm_serving import ServingRejected
@@ -25,48 +22,6 @@ from resources.engines.vllm_to_openai import ResponseBuilder
 from resources.journal import JournalRecord, JournalWriter
 
 logger = logging.getLogger(__name__)
-_ENCODER = msgspec.json.Encoder()
-
-
-def response_id(batch_id: str, line: int) -> str:
-    """A stable id for a line's response, the same on every attempt."""
-    return hashlib.sha256(f"{batch_id}:{line}".encode()).hexdigest()[:24]
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON (msgspec: several times faster than the json module on answer bodies)."""
-    try:
-        return _ENCODER.encode(value).decode("utf-8")
-    except (TypeError, UnicodeEncodeError, msgspec.EncodeError):  # e.g. a lone surrogate
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-@dataclass
-class LoopStats:
-    requests: int = 0  # lines answered (200 or 400) in this run
-    rejected: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    wall_s: float = 0.0
-    stopped_at_deadline: bool = False  # stopped taking new requests; the rest waits
-    cancelled: bool = False  # a cancel request stopped the loop; in-flight requests aborted
-
-    def count(self, record: JournalRecord) -> None:
-        """Count one journaled line: an answer (200) or an error line."""
-        self.requests += 1
-        self.rejected += record.status_code != 200
-        self.prompt_tokens += record.prompt_tokens
-        self.completion_tokens += record.completion_tokens
-        self.cached_tokens += record.cached_tokens
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.requests / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def output_tokens_per_s(self) -> float:
-        return self.completion_tokens / self.wall_s if self.wall_s else 0.0
 
 
 @dataclass
@@ -112,18 +67,14 @@ class InferenceLoop:
     batch_id: str
     endpoint: str
     window: int
-    on_progress: Callable[[LoopStats], None] | None = None
-    progress_interval_s: float = 15.0
-    deadline: float | None = None  # epoch seconds: stop taking new requests from then on
-    cancel_check: Callable[[], bool] | None = None  # polled; True stops the loop at once
-    cancel_poll_s: float = 2.0
+    control: RunControl = field(default_factory=RunControl)
 
     def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
         """Answer every ``(line, body_json)`` of ``pending`` and journal the answers.
 
-        At the deadline the loop takes no new request; the ones already in the engine finish
-        and are journaled, and the rest are left for a later run. When ``cancel_check``
-        says so, the requests in the engine are aborted and the loop returns.
+        At the control's deadline the loop takes no new request; the ones already in the
+        engine finish and are journaled, and the rest are left for a later run. On a cancel
+        request, the requests in the engine are aborted and the loop returns.
         """
         engine = self.llm.llm_engine
         stats = LoopStats()
@@ -138,16 +89,15 @@ class InferenceLoop:
         threading.Thread(target=_watch_engine_process, args=(engine, watching), daemon=True).start()
         exhausted = False
         failure: BaseException | None = None
-        started = last_report = last_cancel_check = time.monotonic()
+        control = self.control
+        control.start()
         try:
             while True:
-                if not exhausted and self.deadline is not None and time.time() >= self.deadline:
+                if not exhausted and control.deadline_passed():
                     exhausted = stats.stopped_at_deadline = True
-                if self.cancel_check and time.monotonic() - last_cancel_check >= self.cancel_poll_s:
-                    last_cancel_check = time.monotonic()
-                    if self.cancel_check():
-                        stats.cancelled = True
-                        break
+                if control.cancel_requested():
+                    stats.cancelled = True
+                    break
                 if not exhausted and queued < self.window:
                     idle = not engine.has_unfinished_requests()
                     for item in feed.take(self.window - queued, block=idle):
@@ -173,11 +123,7 @@ class InferenceLoop:
                         del in_flight[line]
                         self._answer(line, state, stats)
                 self.journal.flush()
-                now = time.monotonic()
-                if self.on_progress and now - last_report >= self.progress_interval_s:
-                    stats.wall_s = now - started
-                    self.on_progress(stats)
-                    last_report = now
+                control.tick(stats)
         except BaseException as error:
             failure = error
             raise
@@ -189,8 +135,7 @@ class InferenceLoop:
                 engine.abort_request([r for s in in_flight.values() for r in s.request_ids])
             self.journal.flush()
             feed.close()
-        stats.wall_s = time.monotonic() - started
-        return stats
+        return control.finish(stats)
 
     def _journal(self, record: JournalRecord, stats: LoopStats) -> None:
         self.journal.write(record)

@@ -72,9 +72,6 @@ class PreparedRequest:
     params: list[Any] = field(default_factory=list)
     serving: Any = None  # vLLM's serving state: the answer is built by vLLM's serving layer
 
-    def prompt_lengths(self) -> list[int]:
-        return [len(i.get("prompt_token_ids") or ()) for i in self.inputs]
-
 
 def _prompt_list(value: Any) -> list[Any]:
     """OpenAI's prompt/input forms as a list of engine prompts."""

@@ -12,11 +12,11 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from resources.engines.inference_loop import LoopStats, dumps
+from resources.engines.base import LoopStats, RunControl, dumps
 from resources.engines.servers import Answer, Server, ServerDown, ServerPool
 from resources.journal import JournalRecord, JournalWriter
 
@@ -50,11 +50,7 @@ class ServerLoop:
     model: str  # the name the servers serve; each body's model is set to it
     down_timeout_s: float
     priority: int | None = None  # vLLM's request priority (lower goes first), when enabled
-    on_progress: Callable[[LoopStats], None] | None = None
-    progress_interval_s: float = 15.0
-    deadline: float | None = None  # epoch seconds: stop taking new requests from then on
-    cancel_check: Callable[[], bool] | None = None  # polled; True stops the loop at once
-    cancel_poll_s: float = 2.0
+    control: RunControl = field(default_factory=RunControl)
 
     def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
         """Answer every ``(line, body_json)`` of ``pending`` and journal the answers.
@@ -72,20 +68,19 @@ class ServerLoop:
         exhausted = False
         all_down_since: float | None = None
         path = self.endpoint.removeprefix("/v1")
-        started = last_report = last_cancel_check = time.monotonic()
+        control = self.control
+        control.start()
         async with self.pool:
             await self.pool.check()
             try:
                 while True:
                     now = time.monotonic()
-                    if not exhausted and self.deadline is not None and time.time() >= self.deadline:
+                    if not exhausted and control.deadline_passed():
                         exhausted = stats.stopped_at_deadline = True
                         retry.clear()  # not journaled: they wait for the next run
-                    if self.cancel_check and now - last_cancel_check >= self.cancel_poll_s:
-                        last_cancel_check = now
-                        if self.cancel_check():
-                            stats.cancelled = True
-                            break
+                    if control.cancel_requested():
+                        stats.cancelled = True
+                        break
                     self.pool.raise_probe_errors()
                     self.pool.revive()
                     # Fill every server's window: retries first, then new lines in order.
@@ -121,18 +116,13 @@ class ServerLoop:
                         if self._settle(request, task, stats) and not stats.stopped_at_deadline:
                             retry.append(request)
                     self.journal.flush()
-                    now = time.monotonic()
-                    if self.on_progress and now - last_report >= self.progress_interval_s:
-                        stats.wall_s = now - started
-                        self.on_progress(stats)
-                        last_report = now
+                    control.tick(stats)
             finally:
                 for task in sent:  # cancelled or failed: the servers abort what they had
                     task.cancel()
                 await asyncio.gather(*sent, return_exceptions=True)
                 self.journal.flush()
-        stats.wall_s = time.monotonic() - started
-        return stats
+        return control.finish(stats)
 
     def _next(self, pending: Iterator[tuple[int, str]]) -> _Request | None:
         item = next(pending, None)

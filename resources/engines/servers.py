@@ -180,10 +180,6 @@ class ServerPool:
 
     # -- balancing ---------------------------------------------------------------------------
 
-    @property
-    def any_up(self) -> bool:
-        return any(s.up for s in self.servers)
-
     def pick(self, avoid: Server | None = None) -> Server | None:
         """The up server with the fewest requests in flight and room in its window.
 

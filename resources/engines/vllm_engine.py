@@ -1,19 +1,32 @@
-"""The vLLM engine as a Dagster resource: configured here, loaded once per run, released after.
+"""The in-process vLLM engine as a Dagster resource: loaded once per run, released after.
 
 Loading is lazy (the first :meth:`VLLMEngine.load` call in a step), so a step that only needs
-the served model names, such as input validation, never pays for an engine. With
-``engine_urls`` set (pool mode) nothing is loaded: runs send their requests to those
-long-running vLLM OpenAI servers (:mod:`resources.engines.servers`).
+the served model names, such as input validation, never pays for an engine (nor imports vLLM).
+Its runs carry the GPU tag, so the run queue runs one per GPU, and on Kubernetes the tag that
+asks for ``tensor_parallel_size`` GPUs. The other engine of the protocol
+(:mod:`resources.engines.base`) is the pool of running servers, :mod:`resources.engines.pool`.
+
+What a launchpad may override (run config ``resources.engine.config``): any field but
+``tensor_parallel_size``, which decides the run's GPU tags (a run whose engine needs other
+tags fails at once, see :meth:`BatchEngine.check_run_tags`), and the mode itself (a pool's
+``engine_urls`` is not a field here, so Dagster refuses it as unknown config).
 """
 
 import gc
+import json
 import logging
 import os
-import typing
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
+
+from resources.endpoints import EMBEDDINGS_URL
+from resources.engines.base import BatchEngine, LoopStats, RunControl
+from resources.journal import JournalWriter
+from resources.layout import GPU_TAGS, K8S_CONFIG_TAG
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -21,7 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Runner = Literal["generate", "pooling"]
-DEFAULT_MODEL = "./models/tiny-chat"  # what `make model` generates (BATCH_MODEL unset)
 _CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 # Engines kept alive between runs of one process when ``keep_loaded`` is set.
 _KEPT: dict[str, "LLM"] = {}
@@ -38,30 +50,11 @@ _LOOP_ONLY = frozenset(
         "reasoning_parser",
     }
 )
-# Settings of pool mode: an engine in the run never reads them.
-POOL_FIELDS = frozenset(
-    {
-        "engine_urls",
-        "engine_api_key",
-        "server_window",
-        "server_timeout_s",
-        "server_down_timeout_s",
-        "priority_scheduling",
-    }
-)
 
 
-class VLLMEngine(dg.ConfigurableResource):
+class VLLMEngine(BatchEngine):
     """Engine settings. The defaults suit one GPU; the CPU defaults are filled in on load."""
 
-    model: str = Field(description="Local model folder or model name.")
-    served_model_name: str | None = Field(
-        default=None,
-        description="Name a request's body.model must use; defaults to `model`, as in vllm serve.",
-    )
-    model_aliases: list[str] = Field(
-        default_factory=list, description="Further names accepted in body.model."
-    )
     tokenizer: str | None = Field(default=None, description="Tokenizer folder, if not the model's.")
     dtype: str = Field(default="auto", description="Weights and activations dtype.")
     max_model_len: int | None = Field(default=None, description="Context length; model's if unset.")
@@ -126,73 +119,77 @@ class VLLMEngine(dg.ConfigurableResource):
         default=False,
         description="Keep the engine alive in this process for the next run (one-shot CLI, tests).",
     )
-    # Pool mode: long-running vLLM OpenAI servers instead of an engine in the run.
-    engine_urls: list[str] = Field(
-        default_factory=list,
-        description="Base URLs of running vLLM OpenAI servers (http://host:8000/v1). When set, "
-        "runs load no engine: they send each request to the least busy server.",
-        json_schema_extra={"flag": "--engine-url", "metavar": "URL"},
-    )
-    engine_api_key: str | None = Field(
-        default=None,
-        description="API key of those servers (their --api-key); give it as dg.EnvVar.",
-    )
-    server_window: int = Field(default=256, description="Requests in flight per server.")
-    server_timeout_s: float = Field(
-        default=600.0, description="Seconds one request may take on a server before it is retried."
-    )
-    server_down_timeout_s: float = Field(
-        default=60.0,
-        description="Seconds a run waits for a server while none answers; then it fails, and its "
-        "retry resumes from the journal.",
-    )
-    priority_scheduling: bool = Field(
-        default=False,
-        description="The servers run with --scheduling-policy priority: overnight work is sent "
-        "at a lower priority than previews and ordinary uploads.",
-    )
-
     _llm: Any = PrivateAttr(default=None)
-    # Fields a deployment sets from the environment (the code location and the CLI alike).
-    # A list field's variable is comma-separated; a secret's is passed on as dg.EnvVar, so
-    # Dagster resolves it when the run starts and never shows or stores its value.
-    ENV: ClassVar[dict[str, str]] = {
-        "model": "BATCH_MODEL",
-        "served_model_name": "BATCH_SERVED_MODEL_NAME",
-        "engine_urls": "BATCH_ENGINE_URLS",
-        "engine_api_key": "BATCH_ENGINE_API_KEY",
-    }
-    SECRETS: ClassVar[frozenset[str]] = frozenset({"engine_api_key"})
+    MODE: ClassVar[str] = "in_process"
+    LOADS_IN_RUN: ClassVar[bool] = True
 
-    @classmethod
-    def from_env(cls, **fields: Any) -> "VLLMEngine":
-        """The engine of ``fields``; unset ones in :attr:`ENV` come from the environment."""
-        from_env: dict[str, Any] = {}
-        for name, var in cls.ENV.items():
-            value = os.environ.get(var, "").strip()
-            if not value:
-                continue
-            if name in cls.SECRETS:
-                from_env[name] = dg.EnvVar(var)
-            elif typing.get_origin(cls.model_fields[name].annotation) is list:
-                from_env[name] = [part.strip() for part in value.split(",") if part.strip()]
-            else:
-                from_env[name] = value
-        return cls(**{"model": DEFAULT_MODEL, **from_env, **fields})
+    def run_tags(self) -> dict[str, str]:
+        """GPU_TAGS (the shipped instance runs one such run per GPU) and, for Kubernetes, the
+        run pod's GPUs and the GPU nodes' toleration (ignored by other launchers)."""
+        gpus = {"nvidia.com/gpu": str(self.tensor_parallel_size)}
+        toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        pod = {
+            "container_config": {"resources": {"limits": gpus}},
+            "pod_spec_config": {"tolerations": [toleration]},
+        }
+        return {**GPU_TAGS, K8S_CONFIG_TAG: json.dumps(pod, separators=(",", ":"))}
 
-    @property
-    def pooled(self) -> bool:
-        """Whether runs send requests to the servers of :attr:`engine_urls` (no engine loaded)."""
-        return bool(self.engine_urls)
+    def run_pending(
+        self,
+        batch_id: str,
+        endpoint: str,
+        pending: Iterable[tuple[int, str]],
+        journal: JournalWriter,
+        control: RunControl,
+    ) -> tuple[LoopStats, float]:
+        from resources.engines.inference_loop import InferenceLoop
+        from resources.engines.openai_to_vllm import RequestBuilder
+        from resources.engines.vllm_to_openai import ResponseBuilder
 
-    @property
-    def served_model_names(self) -> list[str]:
-        """Every name a request may use; the first is the one reported in responses."""
-        primary = self.served_model_name or self.model
-        return [primary, *(a for a in self.model_aliases if a != primary)]
+        started = time.monotonic()
+        runner: Runner = "pooling" if endpoint == EMBEDDINGS_URL else "generate"
+        llm = self.load(runner)
+        load_s = time.monotonic() - started
+        max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        serving = None if runner == "pooling" else self._serving_layer(llm, batch_id)
+        loop = InferenceLoop(
+            llm=llm,
+            requests=RequestBuilder(llm, clamp_max_tokens=self.clamp_max_tokens, serving=serving),
+            responses=ResponseBuilder(self.served_model_names[0], llm.get_tokenizer(), serving),
+            journal=journal,
+            batch_id=batch_id,
+            endpoint=endpoint,
+            window=self.max_pending_requests or 4 * max_num_seqs,
+            control=control,
+        )
+        try:
+            return loop.run(pending), load_s
+        except Exception as error:
+            if type(error).__name__ != "EngineDeadError":
+                raise
+            self.discard()  # a kept engine is dead: the next run builds a new one
+            raise dg.Failure(
+                f"batch {batch_id}: the vLLM engine died mid-batch (out of memory or a crash: "
+                f"{error}); the answers finished so far are journaled and a rerun resumes"
+            ) from error
+
+    def _serving_layer(self, llm: Any, batch_id: str) -> Any:
+        """vLLM's serving layer with the engine's parsers (tools, reasoning, Responses)."""
+        from resources.engines.vllm_serving import ServingLayer
+
+        try:
+            return ServingLayer(
+                llm,
+                self.served_model_names[0],
+                self.tool_call_parser,
+                self.enable_auto_tool_choice,
+                self.reasoning_parser,
+            )
+        except (TypeError, KeyError, ValueError) as error:  # e.g. a parser vLLM does not have
+            raise dg.Failure(f"batch {batch_id}: the engine's parser settings: {error}") from error
 
     def _cache_key(self, runner: Runner) -> str:
-        return f"{runner}:{self.model_dump_json(exclude=set(_LOOP_ONLY | POOL_FIELDS))}"
+        return f"{runner}:{self.model_dump_json(exclude=set(_LOOP_ONLY))}"
 
     def load(self, runner: Runner = "generate") -> "LLM":
         """The engine for ``runner``, loaded on first use in this step."""
