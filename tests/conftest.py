@@ -53,9 +53,25 @@ def engine(tiny_model: Path) -> VLLMEngine:
     )
 
 
+# In-process test runs keep no compute logs: Dagster's local manager mirrors each run's output
+# through `tail -F` processes, which a busy machine can leave waiting (30 s at each run's end)
+# and which nothing here reads. The `dagster dev` tests keep the shipped instance's manager.
+QUIET_INSTANCE = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
+def quiet_instance():
+    """A throwaway Dagster instance for in-process runs (``with quiet_instance() as i``)."""
+    return dg.instance_for_test(overrides=QUIET_INSTANCE)
+
+
 @pytest.fixture(scope="session")
 def instance() -> dg.DagsterInstance:
-    with dg.instance_for_test() as inst:
+    with quiet_instance() as inst:
         yield inst
 
 

@@ -19,6 +19,7 @@ from tests.conftest import (
     chat_body,
     chat_requests,
     drive,
+    quiet_instance,
     read_jsonl,
     request_ids,
     request_line,
@@ -117,7 +118,7 @@ def test_the_cancel_sensor_publishes_idle_batches_and_consumes_finished_requests
     drive(storage, done, "completed")
     for batch_id in (idle, done):
         storage.write_bytes(f"cancel/{batch_id}", b"")
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
         requests = cancel_sensor(context)
     assert [(r.job_name, r.partition_key, r.run_key) for r in requests] == [

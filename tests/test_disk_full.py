@@ -15,7 +15,7 @@ from batch_assets.results.asset import batch_results
 from resources.journal import journaled_lines
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
-from tests.conftest import chat_requests, read_jsonl, request_ids
+from tests.conftest import chat_requests, quiet_instance, read_jsonl, request_ids
 
 REQUESTS = 300
 
@@ -60,7 +60,7 @@ def test_a_full_disk_while_publishing_leaves_no_result_file(small_disk, tmp_path
     batch_id = register_batch(storage, "inbox/full.jsonl")
     paths = BatchPaths(batch_id)
     resources = {"storage": storage, "engine": engine}
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         instance.add_dynamic_partitions("batches", [batch_id])
         ran = dg.materialize(
             batch_assets,

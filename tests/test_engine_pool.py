@@ -22,6 +22,7 @@ from tests.conftest import (
     MODEL_NAME,
     chat_body,
     chat_requests,
+    quiet_instance,
     read_jsonl,
     request_ids,
     request_line,
@@ -221,7 +222,7 @@ def test_the_slot_end_stops_a_pool_run_and_the_next_slot_finishes(engine, up, tm
     upload = tmp_path / "night.jsonl"
     upload.write_text(chat_requests("n", 3000, max_tokens=48))
     pool = _pool(engine, [s.url for s in up], server_window=32)
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         slot_end = time.time() + 2
         first = run_file(
             upload, storage, pool, instance=instance, tags={"batch/slot_end": f"{slot_end:.3f}"}

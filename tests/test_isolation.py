@@ -8,7 +8,7 @@ from batch_assets.cli.runner import run_file
 from batch_assets.partitions import open_batch
 from resources.storage import BatchStorage, UnsafeKeyError
 from sensors.inbox import inbox_sensor
-from tests.conftest import chat_body, request_line
+from tests.conftest import chat_body, quiet_instance, request_line
 
 LINES = "\n".join(request_line(f"r{i}", chat_body(f"hello {i}")) for i in range(3)) + "\n"
 
@@ -62,7 +62,7 @@ def test_the_inbox_sensor_keys_batches_by_project(tmp_path):
     for project in ("alpha", "beta"):
         storage.for_project(project).write_bytes("inbox/a.jsonl", LINES.encode())
     storage.write_bytes("inbox/not-a-project.jsonl", LINES.encode())  # the root is no tenant
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
         result = inbox_sensor(context)
     keys = sorted(request.partition_key for request in result.run_requests)

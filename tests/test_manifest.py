@@ -13,7 +13,7 @@ from batch_assets.partitions import batch_partitions
 from resources.journal import JournalIndex, JournalRecord, JournalWriter, read_journal
 from resources.layout import BatchPaths, journal_segment
 from resources.storage import BatchStorage
-from tests.conftest import chat_requests
+from tests.conftest import chat_requests, quiet_instance
 
 # What the input stage of the previous release wrote (format 2, a plain dict, indented).
 PREVIOUS_RELEASE_MANIFEST = {
@@ -57,7 +57,7 @@ def test_a_manifest_of_an_unknown_format_fails_the_batch_with_the_reason(tmp_pat
     future = {**PREVIOUS_RELEASE_MANIFEST, "format": 7, "source": "written by a later release"}
     storage.write_bytes(paths.manifest, json.dumps(future).encode())
     assert read_source(storage, paths).key == "inbox/f.jsonl"
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         instance.add_dynamic_partitions(batch_partitions.name or "", [batch_id])
         result = dg.materialize(
             batch_assets,

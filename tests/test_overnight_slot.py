@@ -14,7 +14,7 @@ from resources.engines.vllm_engine import VLLMEngine
 from resources.journal import read_journal
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
-from tests.conftest import chat_body, read_jsonl, request_line
+from tests.conftest import chat_body, quiet_instance, read_jsonl, request_line
 
 
 def _inference_metadata(instance: dg.DagsterInstance) -> dict:
@@ -37,7 +37,7 @@ def test_the_slot_end_keeps_what_finished_and_the_next_slot_finishes(tmp_path, e
         + "\n"
     )
     storage = BatchStorage(root=str(tmp_path / "storage"))
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         slot_end = time.time() + 2
         first = run_file(
             upload, storage, engine, instance=instance, tags={"batch/slot_end": f"{slot_end:.3f}"}
@@ -65,7 +65,7 @@ def test_an_expired_batch_keeps_finished_lines_and_expires_the_rest(tmp_path, en
     storage.write_bytes("inbox/late.jsonl", content.encode())
     batch_id = register_batch(storage, "inbox/late.jsonl")
     update_batch(storage, batch_id, expires_at=int(time.time()) - 1)
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         batch = run_file(Path(storage.uri) / "inbox/late.jsonl", storage, engine, instance=instance)
     oa.Batch.model_validate(batch)
     assert batch["status"] == "expired" and batch["expired_at"]
@@ -87,7 +87,7 @@ def test_the_preview_answers_the_first_requests_and_the_night_run_reuses_them(tm
     )
     storage.write_bytes("inbox/overnight/big.jsonl", content.encode())
     batch_id = register_batch(storage, "inbox/overnight/big.jsonl")
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         instance.add_dynamic_partitions("batches", [batch_id])
         result = dg.materialize(
             batch_assets,

@@ -11,7 +11,7 @@ from batch_assets.lifecycle.batches import read_batch, register_batch
 from resources.storage import BatchStorage
 from sensors.orphaned_runs import code_server_alive
 from sensors.run_status import batch_failure_sensor
-from tests.conftest import chat_body, request_line
+from tests.conftest import chat_body, quiet_instance, request_line
 
 
 def _failed_run(
@@ -42,7 +42,7 @@ def test_exhausted_retries_mark_the_batch_failed(tmp_path, engine):
     storage = BatchStorage(root=str(tmp_path))
     storage.write_bytes("inbox/x.jsonl", request_line("a", chat_body()).encode())
     batch_id = register_batch(storage, "inbox/x.jsonl")
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         instance.add_dynamic_partitions("batches", [batch_id])
         retrying = _failed_run(
             instance,

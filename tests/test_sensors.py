@@ -13,7 +13,7 @@ from batch_assets.lifecycle.batches import read_batch
 from resources.storage import BatchStorage
 from sensors.inbox import dump_cursors, inbox_sensor, parse_cursors
 from sensors.overnight import overnight_schedule
-from tests.conftest import chat_body, drive, request_line
+from tests.conftest import chat_body, drive, quiet_instance, request_line
 
 LINE = (request_line("a", chat_body()) + "\n").encode()
 
@@ -37,7 +37,7 @@ def tick(instance: dg.DagsterInstance, storage: BatchStorage, cursor: str | None
 
 
 def test_new_files_run_once_and_reuploads_run_again(storage, tmp_path):
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         storage.write_bytes("inbox/a.jsonl", LINE)
         storage.write_bytes("inbox/b.jsonl", LINE + LINE)
         storage.write_bytes("inbox/c.jsonl.gz", gzip.compress(LINE))
@@ -68,7 +68,7 @@ def test_new_files_run_once_and_reuploads_run_again(storage, tmp_path):
 
 
 def test_overnight_uploads_wait_for_the_nightly_slot(storage):
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         storage.write_bytes("inbox/now.jsonl", LINE)
         storage.write_bytes("inbox/overnight/later.jsonl", LINE)
         result, added = tick(instance, storage, None)
@@ -99,7 +99,7 @@ def test_overnight_uploads_wait_for_the_nightly_slot(storage):
 
 
 def test_more_than_1000_uploads_are_all_picked_up_across_ticks_and_a_restart(storage):
-    with dg.instance_for_test() as instance:
+    with quiet_instance() as instance:
         if storage.is_local:
             for i in range(1203):
                 path = storage.local_path(f"inbox/bulk/f{i:05d}.jsonl")
