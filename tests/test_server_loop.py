@@ -258,11 +258,10 @@ def test_priority_is_sent_only_when_the_servers_schedule_by_it(tmp_path):
 def test_a_down_server_is_probed_at_once_then_with_a_growing_backoff():
     pool = ServerPool(["http://127.0.0.1:1/v1"], MODEL, window=1, timeout_s=1)
     server: Server = pool.servers[0]
-    delays = []
-    for _ in range(8):
+    for delay in [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]:
         before = time.monotonic()
         pool._mark_down(server)
-        delays.append(round(server.retry_at - before, 1))
-    assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+        after = time.monotonic()
+        assert before + delay <= server.retry_at <= after + delay  # whatever the machine's pace
     assert not server.up
     assert pool.pick() is None  # nothing to send to while it is down
