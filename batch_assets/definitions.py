@@ -4,6 +4,7 @@ import dagster as dg
 
 from batch_assets.jobs import ENGINE, batch_assets, batch_job, cancel_job, preview_job
 from resources.storage import BatchStorage
+from resources.webhooks import WebhookSender
 from sensors import definitions as sensor_definitions
 
 # No I/O here: the code location loads without touching storage or a GPU. The engine is the
@@ -12,7 +13,11 @@ defs = dg.Definitions.merge(
     dg.Definitions(
         assets=batch_assets,
         jobs=[batch_job, preview_job, cancel_job],
-        resources={"storage": BatchStorage.from_env(), "engine": ENGINE},
+        resources={
+            "storage": BatchStorage.from_env(),
+            "engine": ENGINE,
+            "webhooks": WebhookSender.from_env(),
+        },
     ),
     sensor_definitions.defs,
 )

@@ -27,10 +27,14 @@ BATCH_INFER = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "batch-inf
 STEPS = ("batch_input", "batch_inference", "batch_results")
 
 
-def _events(home: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Event times (epoch seconds) of the one run in ``home``, and the inference metadata."""
+def _events(home: Path, newest: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+    """Event times (epoch seconds) of the one run in ``home`` (or of its newest run), and the
+    inference metadata."""
     with dg.DagsterInstance.local_temp(tempdir=str(home)) as instance:
-        (run,) = instance.get_run_records()
+        runs = instance.get_run_records()  # newest first
+        run = runs[0] if newest else runs[-1]
+        if not newest and len(runs) != 1:
+            raise RuntimeError(f"{home}: {len(runs)} runs, expected one")
         times: dict[str, float] = {}
         metadata: dict[str, Any] = {}
         for record in instance.all_logs(run.dagster_run.run_id):

@@ -144,7 +144,7 @@ class JournalIndex:
         for info in storage.list(prefix):
             if info.key.endswith(JOURNAL_SEGMENT_SUFFIX):
                 self._files.append(self._local_copy(storage, info.key))
-        lines, segments, offsets, lengths, tokens = [], [], [], [], []
+        lines, segments, offsets, lengths, tokens, failed = [], [], [], [], [], []
         for segment, path in enumerate(self._files):
             offset = 0
             with path.open("rb") as stream:
@@ -154,6 +154,7 @@ class JournalIndex:
                     fields = raw.split(b"\t", 6)
                     if len(fields) in (6, 7):
                         lines.append(int(fields[0]))
+                        failed.append(fields[1] != b"200")
                         segments.append(segment)
                         offsets.append(offset)
                         lengths.append(len(raw))
@@ -165,6 +166,7 @@ class JournalIndex:
         self._segment = np.array(segments, dtype=np.int32)[first]
         self._offset = np.array(offsets, dtype=np.int64)[first]
         self._length = np.array(lengths, dtype=np.int64)[first]
+        self.errors = int(np.array(failed, dtype=bool)[first].sum())  # lines answered non-200
         totals = np.array(tokens, dtype=np.int64).reshape(-1, 4)[first].sum(axis=0)
         self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens = map(
             int, totals

@@ -13,7 +13,9 @@ A test (``tests/test_layering.py``) fails when a layout literal appears anywhere
 <root>/outbox/<batch_id>/preview.jsonl the first answers of an overnight batch
 <root>/cancel/<batch_id>               any object here cancels the batch
 <root>/work/<batch_id>/                source.json, manifest.json, requests/, line_errors/,
-                                       journal/, logs/
+                                       journal/, logs/, counts.json (live counts of a run)
+<root>/events/pending/<event_id>.json  a batch's terminal event, waiting for its webhook
+<root>/events/sent/<event_id>.json     delivered, given up, or no webhook for the project
 <root>/work/queue/overnight/<id>.json  overnight batches waiting for the nightly slot
 <root>/work/queue/api/<batch_id>.json  batches created through the HTTP API, not yet launched
 <root>/files/<file_id>/file.json       a file of the HTTP API (an upload, or a batch's input,
@@ -41,6 +43,9 @@ OVERNIGHT_QUEUE = f"{WORK}/queue/overnight"
 API_QUEUE = f"{WORK}/queue/api"
 FILES = "files"
 IDEMPOTENCY = f"{WORK}/idempotency"
+EVENTS = "events"
+PENDING_EVENTS = f"{EVENTS}/pending"
+SENT_EVENTS = f"{EVENTS}/sent"
 # Local folder only: the spool of files being written, and the CLI's Dagster instance.
 SPOOL_FOLDER = ".tmp"
 CLI_DAGSTER_HOME = ".dagster"
@@ -69,6 +74,14 @@ def api_queue_key(batch_id: str) -> str:
 
 def idempotency_key(digest: str) -> str:
     return f"{IDEMPOTENCY}/{digest}.json"
+
+
+def pending_event_key(event_id: str) -> str:
+    return f"{PENDING_EVENTS}/{event_id}.json"
+
+
+def sent_event_key(event_id: str) -> str:
+    return f"{SENT_EVENTS}/{event_id}.json"
 
 
 def batch_id_of(key: str) -> str:
@@ -143,6 +156,11 @@ class BatchPaths:
     @property
     def journal(self) -> str:
         return f"{self.work}/journal"
+
+    @property
+    def live_counts(self) -> str:
+        """The request counts of the run in progress, rewritten every few seconds."""
+        return f"{self.work}/counts.json"
 
     @property
     def logs(self) -> str:

@@ -149,6 +149,18 @@ class BatchStorage(dg.ConfigurableResource):
         with self.open_read(key) as stream:
             return stream.read()
 
+    def read_optional(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is none (one request on S3, not two)."""
+        try:
+            return self.read_bytes(key)
+        except FileNotFoundError:
+            return None
+        except Exception as error:  # botocore's ClientError, without importing botocore here
+            code = getattr(error, "response", {}).get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
+                return None
+            raise
+
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
 

@@ -8,6 +8,7 @@ from sensors.inbox import inbox_sensor
 from sensors.orphaned_runs import orphaned_run_sensor
 from sensors.overnight import overnight_schedule
 from sensors.run_status import batch_failure_sensor
+from sensors.webhooks import webhook_sensor
 
 defs = dg.Definitions(
     sensors=[
@@ -17,6 +18,7 @@ defs = dg.Definitions(
         terminated_run_sensor,
         batch_failure_sensor,
         orphaned_run_sensor,
+        webhook_sensor,
     ],
     schedules=[overnight_schedule],
 )

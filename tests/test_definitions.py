@@ -20,7 +20,7 @@ def test_definitions_load_with_the_batch_graph():
     assert checks == {"every_line_accounted_for", "no_duplicate_custom_id_in_output"}
     inference = repo.assets_defs_by_key[dg.AssetKey("batch_inference")]
     assert inference.partitions_def.name == "batches"
-    assert set(defs.resources) == {"storage", "engine"}
+    assert set(defs.resources) == {"storage", "engine", "webhooks"}
     assert {s.name for s in defs.sensors} == {
         "inbox_sensor",
         "api_batch_sensor",
@@ -28,6 +28,7 @@ def test_definitions_load_with_the_batch_graph():
         "terminated_run_sensor",
         "batch_failure_sensor",
         "orphaned_run_sensor",
+        "webhook_sensor",
     }
     assert defs.resolve_job_def("cancel_job") is not None
     schedule = defs.get_schedule_def("overnight_schedule")

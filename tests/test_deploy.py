@@ -23,6 +23,7 @@ from resources.engines.config import engine_from_env
 from resources.engines.pool import VLLMServerPool
 from resources.engines.vllm_engine import VLLMEngine
 from resources.layout import ENGINE_POOL_TAG, GPU_TAG
+from resources.webhooks import WebhookSender
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -199,3 +200,21 @@ def test_the_values_mount_an_engine_config_the_code_location_accepts(tmp_path, m
     monkeypatch.setenv("BATCH_ENGINE_URLS", env["BATCH_ENGINE_URLS"])
     engine = engine_from_env(model=env["BATCH_MODEL"])
     assert isinstance(engine, VLLMServerPool) and engine.server_down_timeout_s == 120
+
+
+def test_the_values_give_each_project_a_webhook_the_code_location_accepts():
+    (deployment,) = _values()["dagster-user-deployments"]["deployments"]
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    secrets = {s["name"] for s in deployment["envSecrets"]}
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in _manifests()}
+    (secret_name,) = [
+        n for n in secrets if "BATCH_WEBHOOK_SECRETS" in docs[("Secret", n)]["stringData"]
+    ]
+    sender = WebhookSender(
+        endpoints=env["BATCH_WEBHOOKS"],
+        secrets=docs[("Secret", secret_name)]["stringData"]["BATCH_WEBHOOK_SECRETS"],
+        retry_hours=float(env["BATCH_WEBHOOK_RETRY_HOURS"]),
+    )
+    sender.check()
+    projects = set(env["BATCH_PROJECTS"].split(","))
+    assert {p for p in projects if sender.url_for(p)} == projects

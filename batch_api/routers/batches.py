@@ -20,7 +20,7 @@ from batch_assets.lifecycle.batches import (
     batch_exists,
     create_api_batch,
     list_batches,
-    read_batch,
+    read_batch_view,
 )
 from batch_assets.lifecycle.cancellation import request_cancel
 from batch_assets.lifecycle.files import read_file_record
@@ -110,7 +110,7 @@ def existing_batch(t: Tenant, batch_id: str) -> BatchRecord:
         raise not_found("batch", batch_id)
     if not batch_exists(t.storage, batch_id):
         raise not_found("batch", batch_id)
-    return read_batch(t.storage, batch_id)
+    return read_batch_view(t.storage, batch_id)
 
 
 @router.get("/v1/batches/{batch_id}")
@@ -129,4 +129,4 @@ def cancel_batch(batch_id: str, t: Auth) -> dict[str, Any]:
             "batch_id",
         )
     request_cancel(t.storage, batch_id)
-    return batch_body(read_batch(t.storage, batch_id))
+    return batch_body(read_batch_view(t.storage, batch_id))

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from batch_assets.lifecycle.batches import BatchRecord
+from batch_assets.lifecycle.batches import BatchRecord, LiveCounts
+from batch_assets.lifecycle.events import EventRecord
 from resources.engines.progress import Progress
 
 BAR_WIDTH = 24
@@ -193,6 +194,28 @@ def timestamp_lines(batch: BatchRecord) -> list[str]:
             when = dt.datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
             lines.append(f"{name}: {when}")
     return lines
+
+
+def live_lines(live: LiveCounts) -> list[str]:
+    """The rate and ETA of a batch's run in progress, and how fresh its counts are."""
+    age = max(0.0, time.time() - live.updated_at)
+    eta = "unknown (no rate yet)" if live.eta_s is None else _duration(live.eta_s)
+    return [
+        f"rate: {live.requests_per_s:.1f} req/s in the current run (counts {age:.0f} s old)",
+        f"eta: {eta}",
+    ]
+
+
+def event_lines(record: EventRecord) -> list[str]:
+    """The batch's webhook event and how its delivery went."""
+    event, delivery = record.event, record.delivery
+    line = f"webhook: {event.type} {event.id}: {delivery.state}, {delivery.attempts} attempts"
+    if delivery.delivered_at:
+        when = dt.datetime.fromtimestamp(delivery.delivered_at).astimezone()
+        line += f", delivered at {when.isoformat(timespec='seconds')}"
+    if delivery.last_error:
+        line += f", last error: {delivery.last_error}"
+    return [line]
 
 
 def error_lines(batch: BatchRecord) -> list[str]:

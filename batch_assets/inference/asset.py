@@ -19,20 +19,23 @@ from batch_assets.input.shards import read_shard
 from batch_assets.lifecycle.batches import (
     BatchRecord,
     BatchStatus,
+    RequestCounts,
     Transition,
     read_batch,
+    record_live_counts,
     transition,
 )
 from batch_assets.lifecycle.cancellation import cancel_requested, mark_cancelling
 from batch_assets.partitions import batch_partitions, open_batch
 from resources.engines.base import BatchEngine, LoopStats, RunControl
 from resources.engines.progress import Progress, report_progress
-from resources.journal import JournalWriter, journaled_lines
+from resources.journal import JournalIndex, JournalWriter
 from resources.layout import SLOT_END_TAG, SLOT_TAG, BatchPaths
 from resources.storage import BatchStorage
 
 PROGRESS_INTERVAL_S = 0.5  # progress reports to this process's listeners (the CLI's bar)
 LOG_INTERVAL_S = 15.0  # progress lines in the run's event log
+LIVE_COUNTS_INTERVAL_S = 2.0  # the batch's live request counts (API, CLI), from the journal
 # vLLM's request priority in pool mode (lower goes first): overnight work yields to the rest.
 OVERNIGHT_PRIORITY = 10
 
@@ -62,16 +65,20 @@ def run_requests(
     deadline: float | None = None,
     done_before: int = 0,
     total: int = 0,
+    counts_before: RequestCounts | None = None,
 ) -> tuple[LoopStats, float]:
     """Run ``pending`` on the engine, journaling; returns stats and the engine's load time.
 
     In-process the engine is loaded here; in pool mode the requests go to its servers (no
     load). A cancel request (:mod:`batch_assets.lifecycle.cancellation`) stops the run within
-    seconds. ``done_before`` and ``total`` only frame the progress reports.
+    seconds. ``done_before`` and ``total`` only frame the progress reports; with
+    ``counts_before`` (the batch's counts when the run began) the run keeps the batch's live
+    request counts up to date.
     """
     engine.check_run_tags(context.run.tags)
     attempt = f"{int(time.time() * 1000)}-{context.run.run_id[:8]}"
-    reporter = _progress_reporter(context, batch_id, done_before, total)
+    live = _live_counts_writer(context, storage, batch_id, counts_before)
+    reporter = _progress_reporter(context, batch_id, done_before, total, live)
     overnight = context.run.tags.get(SLOT_TAG) is not None
     control = RunControl(
         deadline=deadline,
@@ -85,17 +92,56 @@ def run_requests(
     with JournalWriter(storage, BatchPaths(batch_id).journal, attempt) as journal:
         stats, load_s = engine.run_pending(batch_id, manifest.endpoint, pending, journal, control)
     reporter(stats)
+    live(stats, True)  # the run's last counts: at its end, the slot's end or a cancel
     return stats, load_s
 
 
+def _live_counts_writer(
+    context: dg.AssetExecutionContext,
+    storage: BatchStorage,
+    batch_id: str,
+    before: RequestCounts | None,
+) -> Callable[[LoopStats, bool], None]:
+    """Write the batch's live counts at most every LIVE_COUNTS_INTERVAL_S (or when forced).
+
+    The counts are advisory until the results are published: a storage error writing them is
+    logged, and never fails the run.
+    """
+    last = time.monotonic()
+
+    def write(stats: LoopStats, force: bool = False) -> None:
+        nonlocal last
+        if before is None or (not force and time.monotonic() - last < LIVE_COUNTS_INTERVAL_S):
+            return
+        last = time.monotonic()
+        counts = RequestCounts(
+            before.total,
+            before.completed + stats.requests - stats.rejected,
+            before.failed + stats.rejected,
+        )
+        try:
+            record_live_counts(storage, batch_id, counts, stats.requests_per_s)
+        except Exception as error:
+            context.log.warning("batch %s: live counts not written: %s", batch_id, error)
+
+    if before is not None:
+        write(LoopStats(), True)
+    return write
+
+
 def _progress_reporter(
-    context: dg.AssetExecutionContext, batch_id: str, done_before: int, total: int
+    context: dg.AssetExecutionContext,
+    batch_id: str,
+    done_before: int,
+    total: int,
+    live: Callable[[LoopStats, bool], None],
 ) -> Callable[[LoopStats], None]:
     """Report every loop update; log one to the run's event log every LOG_INTERVAL_S."""
     last_log = time.monotonic()
 
     def report(stats: LoopStats) -> None:
         nonlocal last_log
+        live(stats, False)
         report_progress(
             Progress(
                 batch_id,
@@ -140,7 +186,11 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
     storage, batch_id = open_batch(storage, context.partition_key)
     paths = BatchPaths(batch_id)
     manifest = manifest_or_fail(storage, paths)
-    done = journaled_lines(storage, paths.journal)
+    with JournalIndex(storage, paths.journal) as journal:
+        done, done_errors = journal.lines, journal.errors
+    counts_before = RequestCounts(
+        manifest.request_lines, len(done) - done_errors, manifest.invalid + done_errors
+    )
     todo = manifest.requests - len(done)
     batch = read_batch(storage, batch_id)
     cancelled = cancel_requested(storage, batch_id, batch.status)
@@ -169,6 +219,7 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
             deadline,
             len(done),
             manifest.requests,
+            counts_before,
         )
     if stats.cancelled:
         mark_cancelling(storage, batch_id)

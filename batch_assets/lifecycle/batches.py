@@ -16,6 +16,11 @@ acting on one cancel request). Any other move the table does not hold raises
 :class:`IllegalTransition`, is logged with the batch id, and leaves the stored record as it
 was: a ``completed`` batch is never turned ``in_progress`` by a late retry, nor a
 ``cancelled`` one published as ``completed``.
+
+A transition that ends the batch first writes its event (``batch.completed``, ...:
+:mod:`batch_assets.lifecycle.events`), which the webhook sensor delivers. While a batch runs,
+its run writes live request counts beside it (:func:`record_live_counts`), which
+:func:`read_batch_view` shows in place of the stored ones.
 """
 
 import hashlib
@@ -27,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from batch_assets.lifecycle.events import record_event
 from batch_assets.lifecycle.files import FileRecord, record_batch_file
 from resources.layout import OUTBOX, BatchPaths, FilePaths, api_queue_key, batch_json_owner
 from resources.storage import BatchStorage, ObjectInfo
@@ -51,6 +57,11 @@ class BatchStatus(StrEnum):
     def ended(self) -> bool:
         """Completed, failed, expired or cancelled: nothing changes it any more."""
         return self in ENDED
+
+    @property
+    def running(self) -> bool:
+        """In progress, or being cancelled: a run may be answering its requests."""
+        return self in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)
 
     @property
     def stopping(self) -> bool:
@@ -221,6 +232,50 @@ def read_batch(storage: BatchStorage, batch_id: str) -> BatchRecord:
     return _decode(storage.read_bytes(BatchPaths(batch_id).batch_json))
 
 
+class LiveCounts(msgspec.Struct):
+    """``work/<batch_id>/counts.json``: a run's request counts so far, from its journal."""
+
+    request_counts: RequestCounts
+    updated_at: float
+    requests_per_s: float = 0.0  # this run's rate
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds to the last request at this run's rate (None before a rate is known)."""
+        counts = self.request_counts
+        left = counts.total - counts.completed - counts.failed
+        return left / self.requests_per_s if self.requests_per_s > 0 else None
+
+
+def record_live_counts(
+    storage: BatchStorage, batch_id: str, counts: RequestCounts, requests_per_s: float
+) -> None:
+    """Write the counts of a run in progress (a separate object: a run never rewrites the
+    record, which a cancel request may be changing at the same moment)."""
+    live = LiveCounts(counts, time.time(), requests_per_s)
+    storage.write_bytes(BatchPaths(batch_id).live_counts, msgspec.json.encode(live))
+
+
+def read_live_counts(storage: BatchStorage, batch_id: str) -> LiveCounts | None:
+    raw = storage.read_optional(BatchPaths(batch_id).live_counts)
+    return None if raw is None else msgspec.json.decode(raw, type=LiveCounts)
+
+
+def with_live_counts(storage: BatchStorage, record: BatchRecord) -> BatchRecord:
+    """The record with its run's live counts while it runs; the stored counts otherwise."""
+    if not record.status.running:
+        return record
+    live = read_live_counts(storage, record.id)
+    if live is None:
+        return record
+    return msgspec.structs.replace(record, request_counts=live.request_counts)
+
+
+def read_batch_view(storage: BatchStorage, batch_id: str) -> BatchRecord:
+    """The record as users see it (API, CLI): live counts while the batch runs."""
+    return with_live_counts(storage, read_batch(storage, batch_id))
+
+
 def update_batch(storage: BatchStorage, batch_id: str, **fields: Any) -> BatchRecord:
     """Set fields of the record other than its status (counts, usage, metadata, ...)."""
     record = msgspec.structs.replace(read_batch(storage, batch_id), **_checked(fields))
@@ -243,8 +298,11 @@ def transition(
         raise
     if target is None:
         return record
-    stamp = {f"{target}_at": int(time.time())}
+    now = int(time.time())
+    stamp = {f"{target}_at": now}
     record = msgspec.structs.replace(record, status=target, **stamp, **_checked(fields))
+    if target.ended:  # the event first: the record never says ended without it
+        record_event(storage, batch_id, target, now)
     _write(storage, record)
     logger.info("batch %s: %s -> %s", batch_id, move, target)
     return record
@@ -342,9 +400,10 @@ def create_api_batch(
 
 
 def list_batches(storage: BatchStorage) -> list[BatchRecord]:
-    """Every batch of one project (or of a storage without projects), newest first."""
+    """Every batch of one project (or of a storage without projects), newest first, as users
+    see them (live counts while they run)."""
     found = [
-        read_batch(storage, batch_id)
+        read_batch_view(storage, batch_id)
         for info in storage.list(OUTBOX)
         if (batch_id := batch_json_owner(info.key))
     ]
