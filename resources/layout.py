@@ -171,6 +171,14 @@ class BatchPaths:
         return f"{self.logs}/run-{stamp}.log"
 
 
+def errors_file_owner(key: str) -> str | None:
+    """The batch id when ``key`` is a batch's errors.jsonl (an error file's content)."""
+    parts = key.split("/")
+    if len(parts) == 3 and key == BatchPaths(parts[1]).errors:
+        return parts[1]
+    return None
+
+
 @dataclass(frozen=True)
 class FilePaths:
     """Storage keys of one file of the HTTP API."""

@@ -19,6 +19,7 @@ from resources.storage import BatchStorage
 from tests.conftest import MODEL_NAME, ROOT, chat_body, chat_requests, request_ids, request_line
 from tests.dagster_dev import DagsterDev
 from tests.seaweedfs import free_port, stop_process_group
+from tests.webhook_receiver import Receiver, new_secret
 
 pytestmark = pytest.mark.slow
 CHAT = "/v1/chat/completions"
@@ -118,9 +119,32 @@ def _check_results(sdk: openai.OpenAI, batch: Batch, requests: int) -> dict[str,
     return texts
 
 
+def _wait_for_events(receiver: Receiver, count: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(receiver.delivered) < count:
+        assert time.monotonic() < deadline, f"{len(receiver.delivered)} of {count} events"
+        time.sleep(0.5)
+
+
+def _check_events(receiver: Receiver, secret: str, expected: dict[str, str]) -> None:
+    """One delivered event per batch (``{batch_id: type}``), each attempt of it with one id."""
+    sdk = openai.OpenAI(api_key="unused", webhook_secret=secret)
+    events = [sdk.webhooks.unwrap(r.body, r.headers) for r in receiver.delivered]
+    assert {e.data.id: e.type for e in events} == expected
+    assert len(events) == len(expected)
+    for attempt in receiver.received:
+        assert attempt.headers["webhook-id"] in {e.id for e in events}
+
+
 def test_the_sdk_runs_batches_through_serve_and_dagster_dev(tmp_path, run_batch):
     storage = BatchStorage(root=str(tmp_path / "api-storage"), projects=["team-a", "team-b"])
-    env = _environment(storage, {})
+    hook_a, hook_b = Receiver(script=[500, 500]), Receiver()  # team-a's first answers fail
+    secret_a, secret_b = new_secret(), new_secret()
+    hooks = {
+        "BATCH_WEBHOOKS": f"team-a={hook_a.url},team-b={hook_b.url}",
+        "BATCH_WEBHOOK_SECRETS": f"team-a={secret_a},team-b={secret_b}",
+    }
+    env = _environment(storage, hooks)
     api = ApiServer(env, tmp_path / "serve.log")
     api.start()
     dev: DagsterDev | None = None
@@ -170,11 +194,16 @@ def test_the_sdk_runs_batches_through_serve_and_dagster_dev(tmp_path, run_batch)
             file=("long.jsonl", io.BytesIO(_content(3000, "long", max_tokens=128))), purpose="batch"
         )
         long = a.batches.create(input_file_id=long_file.id, endpoint=CHAT, completion_window="24h")
-        journal = BatchPaths(long.id).journal
-        tenant = storage.for_project("team-a")
+        # Its counts move while it runs (live counts), rising at least twice.
+        seen: list[int] = []
         deadline = time.monotonic() + 600
-        while sum(1 for _ in tenant.list(journal)) == 0 or _journaled(tenant, journal) < 100:
-            assert time.monotonic() < deadline, "the long batch never got going"
+        while len(seen) < 3 or seen[-1] < 100:
+            assert time.monotonic() < deadline, f"the long batch's counts: {seen}"
+            running = a.batches.retrieve(long.id)
+            if running.status == "in_progress" and running.request_counts:
+                assert running.request_counts.total == 3001
+                if running.request_counts.completed > (seen[-1] if seen else -1):
+                    seen.append(running.request_counts.completed)
             time.sleep(0.5)
         assert a.batches.cancel(long.id).status == "cancelling"
         cancelled = _wait(a, long.id, {"cancelled"}, timeout_s=300)
@@ -188,6 +217,14 @@ def test_the_sdk_runs_batches_through_serve_and_dagster_dev(tmp_path, run_batch)
         with pytest.raises(openai.ConflictError):
             a.batches.cancel(first.id)  # finished: cannot be cancelled
         assert a.batches.cancel(long.id).status == "cancelled"  # idempotent
+        assert cancelled.request_counts.completed == len(kept) >= seen[-1]
+        # One signed event per ended batch, to its own project's endpoint only; team-a's
+        # first two attempts failed (500) and were retried with the same webhook-id.
+        _wait_for_events(hook_a, 2)
+        _wait_for_events(hook_b, 1)
+        _check_events(hook_a, secret_a, {first.id: "batch.completed", long.id: "batch.cancelled"})
+        _check_events(hook_b, secret_b, {b_batch: "batch.completed"})
+        assert [r.status for r in hook_a.received].count(500) == 2
         while not all(run.is_finished for run in dev.runs(None)):
             time.sleep(1)
         served = (tmp_path / "serve.log").read_text()
@@ -197,10 +234,8 @@ def test_the_sdk_runs_batches_through_serve_and_dagster_dev(tmp_path, run_batch)
         api.stop()
         if dev is not None:
             dev.stop()
-
-
-def _journaled(storage: BatchStorage, journal: str) -> int:
-    return sum(storage.read_bytes(info.key).count(b"\n") for info in storage.list(journal))
+        hook_a.close()
+        hook_b.close()
 
 
 def test_the_sdk_runs_a_batch_on_seaweedfs(tmp_path, s3_server):

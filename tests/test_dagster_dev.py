@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import openai
 import openai.types as oa
 import pytest
 
 from resources.storage import BatchStorage
-from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line, result_key
+from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line, result_key, wait_for
 from tests.dagster_dev import DagsterDev, wait_for_batches
+from tests.webhook_receiver import Receiver, new_secret
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +26,19 @@ pytestmark = pytest.mark.slow
 CANARY = "ZQXJ-canary-prompt-8842"  # a prompt no tiny-model answer can contain
 
 
+def _env(storage: BatchStorage, env: dict[str, str]) -> dict[str, str]:
+    return {
+        "BATCH_STORAGE": storage.root,
+        "BATCH_MODEL": str(ROOT / "models" / "tiny-chat"),
+        "BATCH_SERVED_MODEL_NAME": MODEL_NAME,
+        **env,
+    }
+
+
 def _run_uploads(
     storage: BatchStorage, env: dict[str, str], home: Path, uploads: int
 ) -> DagsterDev:
-    dev = DagsterDev(
-        home,
-        {
-            "BATCH_STORAGE": storage.root,
-            "BATCH_MODEL": str(ROOT / "models" / "tiny-chat"),
-            "BATCH_SERVED_MODEL_NAME": MODEL_NAME,
-            **env,
-        },
-    )
+    dev = DagsterDev(home, _env(storage, env))
     try:
         dev.wait_ready()
         for n in range(uploads):
@@ -69,8 +72,27 @@ def _run_uploads(
 
 def test_uploads_to_a_local_inbox_run_once_one_at_a_time_and_the_ui_renders(tiny_model, tmp_path):
     storage = BatchStorage(root=str(tmp_path / "storage"))
-    dev = _run_uploads(storage, {}, tmp_path / "home", uploads=3)
+    hook, secret = Receiver(then=503), new_secret()  # the endpoint is down at first
+    hooks = {"BATCH_WEBHOOKS": hook.url, "BATCH_WEBHOOK_SECRETS": secret}
+    dev = _run_uploads(storage, hooks, tmp_path / "home", uploads=3)
     try:
+        # kill -9 the whole dagster dev between the publish and the delivery of the batches'
+        # events: started again, it delivers each once, with the id of its failed attempts.
+        def failed_ids() -> set[str]:
+            return {r.headers["webhook-id"] for r in hook.received}
+
+        wait_for(lambda: len(failed_ids()) == 3, 120, "an attempt at each event")
+        assert not hook.delivered
+        dev.crash()
+        hook.then = 200
+        dev = DagsterDev(dev.home, _env(storage, hooks))
+        dev.wait_ready()
+        wait_for(lambda: len(hook.delivered) == 3, 120, "three delivered events")
+        sdk = openai.OpenAI(api_key="unused", webhook_secret=secret)
+        events = [sdk.webhooks.unwrap(r.body, r.headers) for r in hook.delivered]
+        assert {e.id for e in events} == failed_ids()
+        assert {e.data.id for e in events} == {r.tags["dagster/partition"] for r in dev.runs()}
+        assert {e.type for e in events} == {"batch.completed"}
         # One batch/gpu run at a time (the shipped dagster.yaml): the three never overlapped.
         with dg.DagsterInstance.from_config(str(dev.home)) as instance:
             records = instance.get_run_records(dg.RunsFilter(job_name="batch_job"))
@@ -104,6 +126,7 @@ def test_uploads_to_a_local_inbox_run_once_one_at_a_time_and_the_ui_renders(tiny
             assert asset in dom, dom[-2000:]
     finally:
         dev.stop()
+        hook.close()
 
 
 def test_an_upload_to_an_s3_inbox_runs_once_and_leaks_no_secret(tiny_model, s3_server, tmp_path):

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from batch_assets.input.line_reader import FileRejected
 from batch_assets.input.validation import Limits, validate_input
 from resources.layout import BatchPaths
+from resources.lines import FileRejected
 from resources.storage import BatchStorage, ObjectInfo, UnsafeKeyError
 from sensors.inbox import is_batch_upload
 from tests.conftest import MODEL_NAME, ROOT, chat_body, request_line

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batch_assets.input.line_reader import iter_raw_lines
 from batch_assets.input.shards import SeenIds, iter_line_errors, iter_requests
 from batch_assets.input.validation import FileRejected, Limits, validate_input
 from resources.layout import BatchPaths
+from resources.lines import iter_raw_lines
 from resources.storage import BatchStorage
 from tests.conftest import MODEL_NAME, chat_body, request_line
 

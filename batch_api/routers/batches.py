@@ -24,6 +24,7 @@ from batch_assets.lifecycle.batches import (
 )
 from batch_assets.lifecycle.cancellation import request_cancel
 from batch_assets.lifecycle.files import read_file_record
+from batch_assets.lifecycle.retry import RetryRefused, batch_of_error_file, create_retry_batch
 from resources.endpoints import SUPPORTED_URLS
 
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
@@ -71,6 +72,19 @@ def _check_request(body: CreateBatch) -> None:
     _check_metadata(body.metadata)
 
 
+def _retry(t: Tenant, original: BatchRecord, body: CreateBatch) -> BatchRecord:
+    """A batch over the retryable failed lines of ``original`` (its error file was given)."""
+    if original.endpoint != body.endpoint:
+        raise bad_request(
+            f"endpoint: batch {original.id} ran {original.endpoint}; its retry runs the same",
+            "endpoint",
+        )
+    try:
+        return create_retry_batch(t.storage, original, body.metadata)
+    except RetryRefused as refused:
+        raise bad_request(f"input_file_id: {refused}", "input_file_id") from None
+
+
 @router.post("/v1/batches")
 def create_batch(
     body: CreateBatch,
@@ -84,12 +98,17 @@ def create_batch(
     record = read_file_record(t.storage, body.input_file_id)
     if record is None or record.expired():
         raise not_found("file", body.input_file_id)
-    if record.purpose != "batch":
+    if record.purpose == "batch":
+        created = create_api_batch(t.storage, record, body.endpoint, body.metadata)
+    elif (original := batch_of_error_file(t.storage, record.id)) is not None:
+        created = _retry(t, original, body)
+    else:
         raise bad_request(
-            f"input_file_id: file {record.id} has purpose {record.purpose!r}, not 'batch'",
+            f"input_file_id: file {record.id} has purpose {record.purpose!r}: use an upload "
+            "of purpose 'batch', or a finished batch's error file to retry its failed lines",
             "input_file_id",
         )
-    answer_body = batch_body(create_api_batch(t.storage, record, body.endpoint, body.metadata))
+    answer_body = batch_body(created)
     if stored:
         t.storage.write_json(stored, answer_body)
     return JSONResponse(answer_body)

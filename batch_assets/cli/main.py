@@ -4,6 +4,7 @@
     batch-infer status BATCH_ID [--storage ROOT] [--project NAME] [--json]
     batch-infer list [--storage ROOT] [--project NAME] [--limit N] [--json]
     batch-infer cancel BATCH_ID [--storage ROOT] [--project NAME] [--wait SECONDS]
+    batch-infer retry BATCH_ID [--storage ROOT] [--project NAME] [engine flags]
     batch-infer serve [--host 127.0.0.1] [--port 8000] [--storage ROOT]
 
 ``run`` puts the file through the very assets the sensors run (a local Dagster instance),
@@ -49,9 +50,12 @@ from batch_assets.lifecycle.batches import (
     read_batch,
     read_batch_view,
     read_live_counts,
+    read_source,
     record_of,
 )
 from batch_assets.lifecycle.events import batch_event
+from batch_assets.lifecycle.retry import RetryRefused, create_retry_batch
+from resources.engines.base import BatchEngine
 from resources.engines.config import EngineConfigError, engine_from_env
 from resources.engines.progress import watching
 from resources.layout import BatchPaths
@@ -99,9 +103,21 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
     if not args.file.is_file():
         raise _UsageError(f"no such file: {args.file}")
     engine = engine_from_args(args)
-    tenant = storage.for_project(args.project)
     started = time.monotonic()
     key, batch_id = register_file(args.file, storage, args.project)
+    return _run_to_end(args, storage, engine, key, batch_id, started)
+
+
+def _run_to_end(
+    args: argparse.Namespace,
+    storage: BatchStorage,
+    engine: BatchEngine,
+    key: str,
+    batch_id: str,
+    started: float,
+) -> int:
+    """Run a registered batch in this process with a progress bar; print its summary."""
+    tenant = storage.for_project(args.project)
     log: str | None = None
     batch = read_batch(tenant, batch_id)
     if batch.status.ended:
@@ -132,6 +148,25 @@ def _command_run(args: argparse.Namespace, storage: BatchStorage) -> int:
                     print(f"the log stays at {log_file}: {error}", file=sys.stderr)
     _print_summary(tenant, batch, time.monotonic() - started, log)
     return 0 if batch.status is BatchStatus.COMPLETED else 1
+
+
+def _command_retry(args: argparse.Namespace, storage: BatchStorage) -> int:
+    project, tenant = _find_batch(storage, args.batch_id)
+    args.project = project
+    engine = engine_from_args(args)
+    started = time.monotonic()
+    try:
+        batch = create_retry_batch(tenant, read_batch(tenant, args.batch_id), queued=False)
+    except RetryRefused as refused:
+        raise _UsageError(str(refused)) from None
+    meta = batch.metadata or {}
+    print(
+        f"batch {batch.id} retries {meta['retry_lines']} failed lines of {args.batch_id} "
+        f"({meta['retry_skipped']} failed lines that a retry would not change are left)",
+        file=sys.stderr,
+    )
+    key = read_source(tenant, BatchPaths(batch.id)).key
+    return _run_to_end(args, storage, engine, key, batch.id, started)
 
 
 def _find_batch(storage: BatchStorage, batch_id: str) -> tuple[str | None, BatchStorage]:
@@ -272,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arguments(listing)
     listing.add_argument("--limit", type=int, default=50, help="most batches shown; 0: all")
     listing.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    retry = commands.add_parser(
+        "retry",
+        help="a new batch over a finished batch's failed lines (cancelled, expired, 5xx), run here",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    retry.add_argument("batch_id")
+    _storage_arguments(retry)
+    retry.add_argument(
+        "--verbose", action="store_true", help="show Dagster's and vLLM's logs here too"
+    )
+    add_engine_arguments(retry)
     cancel = commands.add_parser(
         "cancel",
         help="cancel a batch, keeping its finished lines",
@@ -316,6 +363,7 @@ COMMANDS = {
     "status": _command_status,
     "list": _command_list,
     "cancel": _command_cancel,
+    "retry": _command_retry,
 }
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from batch_assets.input.line_reader import FileRejected, iter_raw_lines, open_input
 from batch_assets.input.manifest import Manifest, ShardRef, write_manifest
 from batch_assets.input.request_schema import (
     ENVELOPE_DECODER,
@@ -24,6 +23,7 @@ from batch_assets.input.shards import ChunkWriter, LineError, ValidLine
 from batch_assets.lifecycle.batches import SourceRef
 from resources.endpoints import SUPPORTED_URLS
 from resources.layout import BatchPaths
+from resources.lines import FileRejected, iter_raw_lines, open_input
 from resources.storage import BatchStorage
 
 __all__ = ["FileRejected", "Limits", "LineValidator", "save_manifest", "validate_input"]

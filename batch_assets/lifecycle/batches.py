@@ -380,9 +380,13 @@ def register_batch(storage: BatchStorage, input_key: str, info: ObjectInfo | Non
 
 
 def create_api_batch(
-    storage: BatchStorage, file: FileRecord, endpoint: str, metadata: dict[str, str] | None
+    storage: BatchStorage,
+    file: FileRecord,
+    endpoint: str,
+    metadata: dict[str, str] | None,
+    queued: bool = True,
 ) -> BatchRecord:
-    """Record a batch over an uploaded file; the API sensor launches its run.
+    """Record a batch over an uploaded file; the API sensor launches its run (``queued``).
 
     The upload is not copied: the batch's source is the file's own content. The queue entry
     is written last, so the sensor never sees a batch that is not whole.
@@ -395,7 +399,8 @@ def create_api_batch(
     storage.write_bytes(FilePaths(file.id).reader(batch_id), b"")
     record = _new_record(batch_id, file.id, metadata, endpoint)
     _write(storage, record)
-    storage.write_json(api_queue_key(batch_id), {"input_file_id": file.id})
+    if queued:
+        storage.write_json(api_queue_key(batch_id), {"input_file_id": file.id})
     return record
 
 
