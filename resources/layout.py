@@ -13,7 +13,8 @@ A test (``tests/test_layering.py``) fails when a layout literal appears anywhere
 <root>/outbox/<batch_id>/preview.jsonl the first answers of an overnight batch
 <root>/cancel/<batch_id>               any object here cancels the batch
 <root>/work/<batch_id>/                source.json, manifest.json, requests/, line_errors/,
-                                       journal/, logs/, counts.json (live counts of a run)
+                                       journal/, logs/, counts.json (live counts of a run),
+                                       output_retention.json
 <root>/events/pending/<event_id>.json  a batch's terminal event, waiting for its webhook
 <root>/events/sent/<event_id>.json     delivered, given up, or no webhook for the project
 <root>/work/queue/overnight/<id>.json  overnight batches waiting for the nightly slot
@@ -156,6 +157,11 @@ class BatchPaths:
     @property
     def journal(self) -> str:
         return f"{self.work}/journal"
+
+    @property
+    def output_retention(self) -> str:
+        """The batch's ``output_expires_after``, applied to its files when they are published."""
+        return f"{self.work}/output_retention.json"
 
     @property
     def live_counts(self) -> str:

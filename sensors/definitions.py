@@ -7,6 +7,7 @@ from sensors.cancel import cancel_sensor, terminated_run_sensor
 from sensors.inbox import inbox_sensor
 from sensors.orphaned_runs import orphaned_run_sensor
 from sensors.overnight import overnight_schedule
+from sensors.retention import retention_sensor
 from sensors.run_status import batch_failure_sensor
 from sensors.webhooks import webhook_sensor
 
@@ -19,6 +20,7 @@ defs = dg.Definitions(
         batch_failure_sensor,
         orphaned_run_sensor,
         webhook_sensor,
+        retention_sensor,
     ],
     schedules=[overnight_schedule],
 )

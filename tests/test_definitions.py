@@ -29,6 +29,7 @@ def test_definitions_load_with_the_batch_graph():
         "batch_failure_sensor",
         "orphaned_run_sensor",
         "webhook_sensor",
+        "retention_sensor",
     }
     assert defs.resolve_job_def("cancel_job") is not None
     schedule = defs.get_schedule_def("overnight_schedule")

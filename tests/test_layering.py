@@ -169,6 +169,7 @@ _SEGMENTS = {
     "idempotency",
     "events",
     "counts.json",
+    "output_retention.json",
 }
 _TAG = re.compile(r"(batch|dagster)/[a-z_]+")
 

@@ -24,6 +24,7 @@ from batch_assets.lifecycle.batches import (
 )
 from batch_assets.lifecycle.cancellation import request_cancel
 from batch_assets.lifecycle.files import read_file_record
+from batch_assets.lifecycle.retention import MAX_EXPIRY_S, MIN_EXPIRY_S, set_output_retention
 from batch_assets.lifecycle.retry import RetryRefused, batch_of_error_file, create_retry_batch
 from resources.endpoints import SUPPORTED_URLS
 
@@ -70,6 +71,25 @@ def _check_request(body: CreateBatch) -> None:
     if body.completion_window != "24h":
         raise bad_request("completion_window: only '24h' is supported", "completion_window")
     _check_metadata(body.metadata)
+    _output_retention(body)
+
+
+def _output_retention(body: CreateBatch) -> int | None:
+    """``output_expires_after``'s seconds (anchor ``created_at``, as OpenAI), or None."""
+    after = body.output_expires_after
+    if after is None:
+        return None
+    if after.get("anchor") != "created_at":
+        raise bad_request(
+            "output_expires_after.anchor: must be 'created_at'", "output_expires_after.anchor"
+        )
+    seconds = after.get("seconds")
+    if not isinstance(seconds, int) or not MIN_EXPIRY_S <= seconds <= MAX_EXPIRY_S:
+        raise bad_request(
+            f"output_expires_after.seconds: between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}",
+            "output_expires_after.seconds",
+        )
+    return seconds
 
 
 def _retry(t: Tenant, original: BatchRecord, body: CreateBatch) -> BatchRecord:
@@ -108,6 +128,8 @@ def create_batch(
             "of purpose 'batch', or a finished batch's error file to retry its failed lines",
             "input_file_id",
         )
+    if (seconds := _output_retention(body)) is not None:
+        set_output_retention(t.storage, created.id, seconds)
     answer_body = batch_body(created)
     if stored:
         t.storage.write_json(stored, answer_body)

@@ -17,7 +17,6 @@ from batch_api.errors import APIError, bad_request, not_found
 from batch_api.lists import page, remembered
 from batch_api.settings import APISettings
 from batch_api.uploads import stream_upload
-from batch_assets.lifecycle.batches import batch_exists, read_batch
 from batch_assets.lifecycle.files import (
     FileRecord,
     iter_file_records,
@@ -25,9 +24,14 @@ from batch_assets.lifecycle.files import (
     read_file_record,
     write_file_record,
 )
+from batch_assets.lifecycle.retention import (
+    MAX_EXPIRY_S,
+    MIN_EXPIRY_S,
+    active_reader,
+)
+from batch_assets.lifecycle.retention import delete_file as delete_stored_file
 from resources.layout import FilePaths
 
-MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 30 * 24 * 3600
 READ_CHUNK = 1 << 20
 
 router = APIRouter(tags=["Batch API"])
@@ -136,23 +140,15 @@ def file_content(file_id: str, t: Auth) -> StreamingResponse:
 @router.delete("/v1/files/{file_id}")
 def delete_file(file_id: str, t: Auth) -> dict[str, Any]:
     record = live_file(t, file_id)
-    paths = FilePaths(file_id)
-    for info in t.storage.list(paths.readers):
-        batch_id = info.key.rsplit("/", 1)[-1]
-        if batch_exists(t.storage, batch_id):
-            status = read_batch(t.storage, batch_id).status
-            if not status.ended:
-                raise APIError(
-                    409,
-                    f"File {file_id} is read by batch {batch_id} ({status}); "
-                    "delete it once the batch has ended.",
-                    "file_in_use",
-                    "file_id",
-                )
-    t.storage.delete(paths.record)  # first: the file is gone even if the rest fails
-    if record.content.startswith(f"{paths.folder}/"):
-        t.storage.delete(record.content)
-    t.storage.delete_prefix(paths.readers)
+    if (reader := active_reader(t.storage, file_id)) is not None:
+        raise APIError(
+            409,
+            f"File {file_id} is read by batch {reader.id} ({reader.status}); "
+            "delete it once the batch has ended.",
+            "file_in_use",
+            "file_id",
+        )
+    delete_stored_file(t.storage, record, with_outbox_content=False)
     return FileDeleted(id=file_id, object="file", deleted=True).model_dump(mode="json")
 
 

@@ -90,6 +90,7 @@ def record_batch_file(
     role: Literal["input", "output", "errors"],
     key: str,
     info: ObjectInfo | None = None,
+    expires_at: int | None = None,
 ) -> str:
     """Give the stored file at ``key`` a record as one of the batch's files; its id."""
     file_id = batch_file_id(batch_id, role)
@@ -103,9 +104,11 @@ def record_batch_file(
         filename=name,
         purpose=purpose,
         status="processed" if role != "input" else "uploaded",
+        expires_at=expires_at,
         content=key,
     )
     existing = read_file_record(storage, file_id)
-    if existing is None or (existing.bytes, existing.content) != (record.bytes, record.content):
+    same = (record.bytes, record.content, record.expires_at)
+    if existing is None or (existing.bytes, existing.content, existing.expires_at) != same:
         write_file_record(storage, record)
     return file_id

@@ -23,6 +23,7 @@ from batch_assets.lifecycle.batches import (
 )
 from batch_assets.lifecycle.cancellation import CANCELLED, cancel_requested, mark_cancelling
 from batch_assets.lifecycle.files import record_batch_file
+from batch_assets.lifecycle.retention import output_expires_at
 from batch_assets.partitions import batch_partitions, open_batch
 from resources.engines.base import dumps, response_id
 from resources.engines.progress import Progress, report_progress
@@ -190,14 +191,19 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
         )
     counts = RequestCounts(completed + failed, completed, failed)
     checks = _check_files(storage, paths, manifest.request_lines)
+    expires_at = output_expires_at(storage, batch)
     final = transition(
         storage,
         batch_id,
         publish,
         request_counts=counts,
         usage=usage,
-        output_file_id=record_batch_file(storage, batch_id, "output", paths.output),
-        error_file_id=record_batch_file(storage, batch_id, "errors", paths.errors),
+        output_file_id=record_batch_file(
+            storage, batch_id, "output", paths.output, None, expires_at
+        ),
+        error_file_id=record_batch_file(
+            storage, batch_id, "errors", paths.errors, None, expires_at
+        ),
     )
     record = final.as_dict()
     return dg.MaterializeResult(
