@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -144,7 +145,9 @@ class JournalIndex:
         for info in storage.list(prefix):
             if info.key.endswith(JOURNAL_SEGMENT_SUFFIX):
                 self._files.append(self._local_copy(storage, info.key))
-        lines, segments, offsets, lengths, tokens, failed = [], [], [], [], [], []
+        # Typed arrays, not lists of Python ints: ~60 bytes a record while reading, not ~350.
+        lines, segments, offsets, lengths = (array("q") for _ in range(4))
+        tokens, failed = array("q"), array("b")
         for segment, path in enumerate(self._files):
             offset = 0
             with path.open("rb") as stream:
@@ -159,9 +162,9 @@ class JournalIndex:
                         offsets.append(offset)
                         lengths.append(len(raw))
                         reasoning = int(fields[5]) if len(fields) == 7 else 0
-                        tokens.append((int(fields[2]), int(fields[3]), int(fields[4]), reasoning))
+                        tokens.extend((int(fields[2]), int(fields[3]), int(fields[4]), reasoning))
                     offset += len(raw)
-        all_lines = np.array(lines, dtype=np.int64)
+        all_lines = np.frombuffer(lines, dtype=np.int64) if lines else np.zeros(0, np.int64)
         self.lines, first = np.unique(all_lines, return_index=True)  # sorted, first wins
         self._segment = np.array(segments, dtype=np.int32)[first]
         self._offset = np.array(offsets, dtype=np.int64)[first]

@@ -55,6 +55,30 @@ def backoff_s(attempts: int) -> float:
     return min(BACKOFF_FIRST_S * 2 ** max(0, attempts - 1), BACKOFF_MAX_S)
 
 
+def check_settings(endpoints: str, secrets: str) -> None:
+    """Refuse settings that cannot work: a URL that is not http(s), a URL without a secret,
+    a secret that is not ``whsec_`` base64 (the message never shows a secret)."""
+    urls = parse_entries(endpoints, "BATCH_WEBHOOKS")
+    keys = parse_entries(secrets, "BATCH_WEBHOOK_SECRETS")
+    for project, url in urls.items():
+        who = project or "the root"
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"BATCH_WEBHOOKS: {who}'s URL is not http(s): {url}")
+        if project not in keys:
+            raise ValueError(f"BATCH_WEBHOOK_SECRETS: no secret for {who}")
+    for project, secret in keys.items():
+        try:
+            ok = secret.startswith(SECRET_PREFIX) and base64.b64decode(
+                secret.removeprefix(SECRET_PREFIX), validate=True
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"BATCH_WEBHOOK_SECRETS: {project or 'the root'}'s secret is not whsec_<base64>"
+            )
+
+
 @dataclass(frozen=True)
 class Attempt:
     ok: bool
@@ -81,38 +105,21 @@ class WebhookSender(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> "WebhookSender":
         """The settings of BATCH_WEBHOOKS, BATCH_WEBHOOK_SECRETS and BATCH_WEBHOOK_RETRY_HOURS,
-        checked (a bad one is a load error of the code location)."""
-        fields: dict = {"endpoints": os.environ.get("BATCH_WEBHOOKS", "")}
-        if os.environ.get("BATCH_WEBHOOK_SECRETS"):
+        checked (a bad one is a load error of the code location). The secrets reach Dagster
+        as ``dg.EnvVar``, so its UI and run config show the variable's name, not the value."""
+        endpoints = os.environ.get("BATCH_WEBHOOKS", "")
+        secrets = os.environ.get("BATCH_WEBHOOK_SECRETS", "")
+        check_settings(endpoints, secrets)
+        fields: dict = {"endpoints": endpoints}
+        if secrets:
             fields["secrets"] = dg.EnvVar("BATCH_WEBHOOK_SECRETS")
         if hours := os.environ.get("BATCH_WEBHOOK_RETRY_HOURS"):
             fields["retry_hours"] = float(hours)
-        sender = cls(**fields)
-        sender.check()
-        return sender
+        return cls(**fields)
 
     def check(self) -> None:
-        """Refuse settings that cannot work: a URL that is not http(s), a URL without secret,
-        a secret that is not ``whsec_`` base64 (the message never shows a secret)."""
-        urls = parse_entries(self.endpoints, "BATCH_WEBHOOKS")
-        secrets = parse_entries(self.secrets, "BATCH_WEBHOOK_SECRETS")
-        for project, url in urls.items():
-            who = project or "the root"
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"BATCH_WEBHOOKS: {who}'s URL is not http(s): {url}")
-            if project not in secrets:
-                raise ValueError(f"BATCH_WEBHOOK_SECRETS: no secret for {who}")
-        for project, secret in secrets.items():
-            try:
-                ok = secret.startswith(SECRET_PREFIX) and base64.b64decode(
-                    secret.removeprefix(SECRET_PREFIX), validate=True
-                )
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(
-                    f"BATCH_WEBHOOK_SECRETS: {project or 'the root'}'s secret is not whsec_<base64>"
-                )
+        """:func:`check_settings` on this resource's own (resolved) values."""
+        check_settings(self.endpoints, self.secrets)
 
     def url_for(self, project: str | None) -> str | None:
         return parse_entries(self.endpoints, "BATCH_WEBHOOKS").get(project)

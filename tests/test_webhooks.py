@@ -6,6 +6,7 @@ tests/test_dagster_dev.py and tests/test_api_dagster.py."""
 import logging
 import time
 
+import dagster as dg
 import openai
 import pytest
 from openai.types.webhooks import BatchCompletedWebhookEvent, BatchFailedWebhookEvent
@@ -19,7 +20,7 @@ from batch_assets.lifecycle.events import (
 )
 from resources.storage import BatchStorage
 from resources.webhooks import WebhookSender, backoff_s, sign
-from sensors.webhooks import deliver_due
+from sensors.webhooks import deliver_due, webhook_sensor
 from tests.conftest import drive
 from tests.webhook_receiver import Receiver, new_secret
 
@@ -181,3 +182,25 @@ def test_bad_settings_are_refused_without_showing_a_secret(endpoints, secrets, m
     with pytest.raises(ValueError, match=message) as refused:
         WebhookSender(endpoints=endpoints, secrets=secrets).check()
     assert "not base64!" not in str(refused.value)
+
+
+def test_the_sensor_delivers_with_the_secret_from_the_environment(tmp_path, receivers, monkeypatch):
+    """As the code location builds it: the secret reaches Dagster as an EnvVar, resolved only
+    where the sensor runs."""
+    storage = BatchStorage(root=str(tmp_path / "storage"))
+    hook, secret = receivers(), new_secret()
+    monkeypatch.setenv("BATCH_WEBHOOKS", hook.url)
+    monkeypatch.setenv("BATCH_WEBHOOK_SECRETS", secret)
+    sender = WebhookSender.from_env()
+    assert secret not in repr(sender)
+    storage.write_bytes("inbox/a.jsonl", b'{"custom_id": "a"}\n')
+    batch_id = register_batch(storage, "inbox/a.jsonl")
+    drive(storage, batch_id, "expired")
+    with dg.build_sensor_context(resources={"storage": storage, "webhooks": sender}) as context:
+        result = webhook_sensor(context)
+    assert "1 delivered" in str(result.skip_message)
+    (got,) = hook.delivered
+    assert _sdk(secret).webhooks.unwrap(got.body, got.headers).type == "batch.expired"
+    monkeypatch.setenv("BATCH_WEBHOOK_SECRETS", "whsec_!!")
+    with pytest.raises(ValueError, match="the root's secret is not whsec_"):
+        WebhookSender.from_env()
