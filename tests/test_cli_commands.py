@@ -15,11 +15,16 @@ from openai.types import Batch
 from batch_assets.cli.display import ProgressDisplay, logs_to_file
 from batch_assets.cli.engine_flags import NOT_FLAGS, engine_flags, engine_from_args, flag_of
 from batch_assets.cli.main import build_parser, main
+from batch_assets.lifecycle.batches import RequestCounts, record_live_counts, register_batch
 from resources.engines.config import engine_from_env
 from resources.engines.pool import VLLMServerPool
 from resources.engines.progress import Progress
 from resources.engines.vllm_engine import VLLMEngine
-from tests.conftest import MODEL_NAME, ROOT, chat_requests, request_ids
+from resources.storage import BatchStorage
+from resources.webhooks import WebhookSender
+from sensors.webhooks import deliver_due
+from tests.conftest import MODEL_NAME, ROOT, chat_requests, drive, request_ids
+from tests.webhook_receiver import Receiver, new_secret
 
 BATCH_INFER = str(ROOT / ".venv" / "bin" / "batch-infer")
 
@@ -230,3 +235,30 @@ def test_list_orders_batches_newest_first_across_projects(tmp_path, capsys, monk
     assert main(["list", "--storage", str(tmp_path), "--project", "team-b", "--json"]) == 0
     only_b = json.loads(capsys.readouterr().out)["data"]
     assert [b["id"] for b in only_b] == [made[1][1]]
+
+
+def test_status_and_list_show_live_counts_a_rate_an_eta_and_the_webhook(tmp_path, capsys):
+    storage = BatchStorage(root=str(tmp_path / "storage"))
+    storage.write_bytes("inbox/a.jsonl", chat_requests("a", 1).encode())
+    batch_id = register_batch(storage, "inbox/a.jsonl")
+    drive(storage, batch_id, "in_progress")
+    record_live_counts(storage, batch_id, RequestCounts(100, 40, 2), 10.0)
+    assert main(["status", batch_id, "--storage", storage.root]) == 0
+    shown = capsys.readouterr().out
+    assert "request_counts: total 100, completed 40, failed 2" in shown
+    assert "rate: 10.0 req/s" in shown and "eta: 0:00:05" in shown  # 58 left at 10 a second
+    assert main(["list", "--storage", storage.root, "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)["data"]
+    assert listed["request_counts"] == {"total": 100, "completed": 40, "failed": 2}
+
+    drive(storage, batch_id, "cancelled")  # in_progress -> cancelling -> cancelled
+    hook = Receiver(script=[503])
+    try:
+        sender = WebhookSender(endpoints=hook.url, secrets=new_secret())
+        deliver_due(storage, sender, 0.0)
+        assert main(["status", batch_id, "--storage", storage.root]) == 0
+        shown = capsys.readouterr().out
+        assert "webhook: batch.cancelled evt_" in shown and "pending, 1 attempts" in shown
+        assert "last error: HTTP 503" in shown and "rate:" not in shown
+    finally:
+        hook.close()
