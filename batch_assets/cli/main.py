@@ -271,6 +271,15 @@ def _storage_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_arguments(command: argparse.ArgumentParser) -> None:
+    """What the commands that run a batch here take: the storage, --verbose, engine flags."""
+    _storage_arguments(command)
+    command.add_argument(
+        "--verbose", action="store_true", help="show Dagster's and vLLM's logs here too"
+    )
+    add_engine_arguments(command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -280,51 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser(
-        "run", help="run one OpenAI-Batch JSONL file", epilog=EXIT_CODES, formatter_class=formatter
-    )
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, epilog=EXIT_CODES, formatter_class=formatter)
+
+    run = command("run", "run one OpenAI-Batch JSONL file")
     run.add_argument("file", type=Path, help="the .jsonl (or .jsonl.gz) file of requests")
-    _storage_arguments(run)
-    run.add_argument(
-        "--verbose", action="store_true", help="show Dagster's and vLLM's logs here too"
-    )
-    add_engine_arguments(run)
-    status = commands.add_parser(
-        "status",
-        help="one batch: status, counts, usage, times, paths",
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
-    )
+    _run_arguments(run)
+    status = command("status", "one batch: status, counts, usage, times, paths")
     status.add_argument("batch_id")
     _storage_arguments(status)
     status.add_argument("--json", action="store_true", help="print batch.json as it is")
-    listing = commands.add_parser(
-        "list",
-        help="the batches in the storage, newest first",
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
-    )
+    listing = command("list", "the batches in the storage, newest first")
     _storage_arguments(listing)
     listing.add_argument("--limit", type=int, default=50, help="most batches shown; 0: all")
     listing.add_argument("--json", action="store_true", help="one JSON object, for scripts")
-    retry = commands.add_parser(
+    retry = command(
         "retry",
-        help="a new batch over a finished batch's failed lines (cancelled, expired, 5xx), run here",
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
+        "a new batch over an ended batch's failed lines (cancelled, expired, 5xx), run here",
     )
     retry.add_argument("batch_id")
-    _storage_arguments(retry)
-    retry.add_argument(
-        "--verbose", action="store_true", help="show Dagster's and vLLM's logs here too"
-    )
-    add_engine_arguments(retry)
-    cancel = commands.add_parser(
-        "cancel",
-        help="cancel a batch, keeping its finished lines",
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
-    )
+    _run_arguments(retry)
+    cancel = command("cancel", "cancel a batch, keeping its finished lines")
     cancel.add_argument("batch_id")
     _storage_arguments(cancel)
     cancel.add_argument(
@@ -333,12 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to let a running batch stop by itself before publishing here",
     )
-    server = commands.add_parser(
-        "serve",
-        help="OpenAI's Files and Batches HTTP API over the storage",
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
-    )
+    server = command("serve", "OpenAI's Files and Batches HTTP API over the storage")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     server.add_argument(
