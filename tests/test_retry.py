@@ -3,20 +3,33 @@
 
 import io
 import json
+import subprocess
 import threading
 
 import openai
 import pytest
 
 from batch_assets.cli.runner import cancel_batch, run_batch, run_file
-from batch_assets.lifecycle.batches import read_batch, read_source, register_batch
+from batch_assets.lifecycle.batches import (
+    list_batches,
+    read_batch,
+    read_source,
+    register_batch,
+)
 from batch_assets.lifecycle.cancellation import request_cancel
 from batch_assets.lifecycle.retry import RetryRefused, create_retry_batch, plan_retry
 from resources.journal import journaled_lines
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 from tests.api_server import api_server
-from tests.conftest import chat_requests, read_jsonl, request_ids, wait_for
+from tests.conftest import (
+    MODEL_NAME,
+    ROOT,
+    chat_requests,
+    read_jsonl,
+    request_ids,
+    wait_for,
+)
 
 CHAT = "/v1/chat/completions"
 
@@ -79,7 +92,8 @@ def test_a_batch_cancelled_mid_run_is_finished_by_retrying_its_error_file(
 ):
     storage = BatchStorage(root=str(tmp_path / "storage"))
     upload = tmp_path / "long.jsonl"
-    upload.write_text(chat_requests("c", 2000, max_tokens=64) + "{not json\n")
+    # 96 tokens each: long enough that the cancel lands mid-run on a fast machine too
+    upload.write_text(chat_requests("c", 3000, max_tokens=96) + "{not json\n")
     result: dict = {}
     worker = threading.Thread(
         target=lambda: result.update(run_file(upload, storage, engine, instance=instance))
@@ -94,7 +108,7 @@ def test_a_batch_cancelled_mid_run_is_finished_by_retrying_its_error_file(
     assert result["status"] == "cancelled"
     errors = read_jsonl(tmp_path / "storage" / BatchPaths(batch_id).errors)
     unfinished = {e["custom_id"] for e in errors if e["error"]["code"] == "batch_cancelled"}
-    assert 0 < len(unfinished) < 2000
+    assert 0 < len(unfinished) < 3000
 
     original = read_batch(storage, batch_id)
     retry = create_retry_batch(storage, original, queued=False)
@@ -110,7 +124,7 @@ def test_a_batch_cancelled_mid_run_is_finished_by_retrying_its_error_file(
         "failed": 0,
     }
     kept = read_jsonl(tmp_path / "storage" / BatchPaths(batch_id).output)
-    assert sorted([line["custom_id"] for line in kept + output]) == request_ids("c", 2000)
+    assert sorted([line["custom_id"] for line in kept + output]) == request_ids("c", 3000)
 
     # Answered as a fresh run of the same requests answers them (greedy).
     sample = sorted(unfinished)[:20]
@@ -133,3 +147,27 @@ def test_a_batch_cancelled_mid_run_is_finished_by_retrying_its_error_file(
     # The retry completed everything: nothing is left to retry.
     with pytest.raises(RetryRefused, match="no line to retry"):
         plan_retry(storage, read_batch(storage, retry.id))
+
+
+@pytest.mark.slow
+def test_batch_infer_retry_runs_the_unfinished_lines_here(tmp_path, engine, instance):
+    """The command line: ``batch-infer retry BATCH_ID`` on a batch cancelled before it ran."""
+    storage = BatchStorage(root=str(tmp_path / "storage"))
+    storage.write_bytes("inbox/few.jsonl", (chat_requests("f", 3) + "{not json\n").encode())
+    batch_id = register_batch(storage, "inbox/few.jsonl")
+    cancel_batch(batch_id, storage, engine, instance=instance, wait_s=0)
+    command = [str(ROOT / ".venv" / "bin" / "batch-infer"), "retry", batch_id]
+    command += ["--storage", storage.root, "--model", str(ROOT / "models" / "tiny-chat")]
+    command += ["--served-model-name", MODEL_NAME]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"retries 3 failed lines of {batch_id} (1 failed lines" in done.stderr
+    assert "status: completed" in done.stdout
+    retried = [b for b in list_batches(storage) if (b.metadata or {}).get("retry_of") == batch_id]
+    (retry,) = retried
+    output = read_jsonl(tmp_path / "storage" / BatchPaths(retry.id).output)
+    assert sorted(line["custom_id"] for line in output) == request_ids("f", 3)
+    command[2] = retry.id  # the retry left nothing to retry: a usage error, no new batch
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 2 and "has no line to retry" in again.stderr
+    assert len(list_batches(storage)) == 2
