@@ -104,6 +104,13 @@ def test_a_batch_is_created_over_the_upload_without_a_copy(api, storage):
     # The batch reads the upload where it lies: one copy of the bytes in the storage.
     contents = [key for key in _stored_keys(storage) if key.endswith("/content")]
     assert contents == [FilePaths(file.id).content]
+    # Without metadata, {} as OpenAI answers (instructor's list_batches refuses null), also
+    # over raw HTTP, for records stored before with null.
+    plain = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    assert plain.metadata == {}
+    update_batch(storage, plain.id, metadata=None)
+    with httpx.Client(base_url=api) as http:
+        assert http.get(f"/batches/{plain.id}").json()["metadata"] == {}
 
 
 def test_every_answer_has_a_request_id_and_4xx_are_not_retried(api):

@@ -21,10 +21,18 @@ def _check_batch_object(run, total: int, completed: int, failed: int) -> None:
         "failed": failed,
     }
     assert batch.metadata["input"] == "inbox/batch.jsonl"
-    # Result files are files of the Files API: opaque ids whose records name the outbox files.
-    assert batch.output_file_id.startswith("file-") and batch.error_file_id.startswith("file-")
-    assert result_key(run.storage, batch.output_file_id).endswith("/output.jsonl")
-    assert result_key(run.storage, batch.error_file_id).endswith("/errors.jsonl")
+    # Result files are files of the Files API: opaque ids whose records name the outbox files;
+    # as OpenAI, a file with no line has no id.
+    if completed:
+        assert batch.output_file_id.startswith("file-")
+        assert result_key(run.storage, batch.output_file_id).endswith("/output.jsonl")
+    else:
+        assert batch.output_file_id is None
+    if failed:
+        assert batch.error_file_id.startswith("file-")
+        assert result_key(run.storage, batch.error_file_id).endswith("/errors.jsonl")
+    else:
+        assert batch.error_file_id is None
     assert batch.created_at <= batch.in_progress_at <= batch.finalizing_at <= batch.completed_at
     bodies = [line["response"]["body"] for line in run.output]
     assert batch.usage.input_tokens == sum(b["usage"]["prompt_tokens"] for b in bodies)

@@ -50,14 +50,14 @@ def test_expired_files_and_old_work_areas_go_and_active_batches_stay(tmp_path, e
         sdk.batches.cancel(ended.id)
         cancel_batch(ended.id, storage, engine, instance=instance, wait_s=0)
         ended = sdk.batches.retrieve(ended.id)
-        assert ended.status == "cancelled" and ended.output_file_id and ended.error_file_id
-        for file_id in (ended.output_file_id, ended.error_file_id):
-            assert sdk.files.retrieve(file_id).expires_at == ended.created_at + 7200
+        # Nothing ran: its errors have a file (every line batch_cancelled), its output none.
+        assert ended.status == "cancelled" and ended.error_file_id and not ended.output_file_id
+        assert sdk.files.retrieve(ended.error_file_id).expires_at == ended.created_at + 7200
 
         # Three hours on: the expired upload and the batch's files are gone; the upload an
         # active batch reads waits for it; the ended batch's work area is kept for a week.
         report = apply_retention(storage, time.time() + 3 * 3600, 7 * DAY)
-        gone = {expiring.id, ended.output_file_id, ended.error_file_id}
+        gone = {expiring.id, ended.error_file_id}
         assert set(report.files_deleted) == gone
         assert report.files_kept_in_use == [in_use.id]
         assert report.work_areas_deleted == []
@@ -65,7 +65,7 @@ def test_expired_files_and_old_work_areas_go_and_active_batches_stay(tmp_path, e
             with pytest.raises(openai.NotFoundError):
                 sdk.files.retrieve(file_id)
         assert {f.id for f in sdk.files.list()} == {kept.id, in_use.id}
-        assert not storage.exists(BatchPaths(ended.id).output)
+        assert not storage.exists(BatchPaths(ended.id).errors)
         assert sdk.batches.retrieve(active.id).status == "validating"
 
         # Eight days on: the ended batch's work area goes (its small notes stay), its record

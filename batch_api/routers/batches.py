@@ -42,8 +42,10 @@ class CreateBatch(BaseModel):
 
 
 def batch_body(batch: BatchRecord) -> dict[str, Any]:
-    """The record as the SDK's Batch (validated), ready to send."""
-    return Batch.model_validate(batch.as_dict()).model_dump(mode="json")
+    """The record as the SDK's Batch (validated), ready to send; ``metadata`` is ``{}``, not
+    null, when none was given, as OpenAI answers (clients such as instructor refuse null)."""
+    body = Batch.model_validate(batch.as_dict()).model_dump(mode="json")
+    return {**body, "metadata": body.get("metadata") or {}}
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:

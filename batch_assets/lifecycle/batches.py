@@ -397,10 +397,11 @@ def create_api_batch(
     source = SourceRef(key=file.content, version=info.version, size=info.size)
     storage.write_bytes(paths.source, msgspec.json.encode(source))
     storage.write_bytes(FilePaths(file.id).reader(batch_id), b"")
-    record = _new_record(batch_id, file.id, metadata, endpoint)
+    record = _new_record(batch_id, file.id, metadata or {}, endpoint)  # {} as OpenAI's
     _write(storage, record)
     if queued:
-        storage.write_json(api_queue_key(batch_id), {"input_file_id": file.id})
+        entry = {"input_file_id": file.id, "queued_ns": time.time_ns()}  # first in, first out
+        storage.write_json(api_queue_key(batch_id), entry)
     return record
 
 

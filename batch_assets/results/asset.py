@@ -4,7 +4,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 
@@ -192,18 +192,19 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
     counts = RequestCounts(completed + failed, completed, failed)
     checks = _check_files(storage, paths, manifest.request_lines)
     expires_at = output_expires_at(storage, batch)
+
+    # As OpenAI: a file id only for a file with lines (both files are in the outbox anyway).
+    def file_id(role: Literal["output", "errors"], key: str, lines: int) -> str | None:
+        return record_batch_file(storage, batch_id, role, key, None, expires_at) if lines else None
+
     final = transition(
         storage,
         batch_id,
         publish,
         request_counts=counts,
         usage=usage,
-        output_file_id=record_batch_file(
-            storage, batch_id, "output", paths.output, None, expires_at
-        ),
-        error_file_id=record_batch_file(
-            storage, batch_id, "errors", paths.errors, None, expires_at
-        ),
+        output_file_id=file_id("output", paths.output, completed),
+        error_file_id=file_id("errors", paths.errors, failed),
     )
     record = final.as_dict()
     return dg.MaterializeResult(
