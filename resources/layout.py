@@ -30,6 +30,7 @@ A test (``tests/test_layering.py``) fails when a layout literal appears anywhere
 With projects, the same layout sits under ``<root>/<project>/``.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dagster._core.storage.tags import MAX_RETRIES_TAG, PARTITION_NAME_TAG, RETRY_NUMBER_TAG
@@ -90,12 +91,22 @@ def batch_id_of(key: str) -> str:
     return key.rsplit("/", 1)[-1].removesuffix(".json")
 
 
-def batch_json_owner(key: str) -> str | None:
-    """The batch id when ``key`` is a batch's batch.json (in a listing of the outbox)."""
+def _outbox_owner(key: str, file_of: Callable[["BatchPaths"], str]) -> str | None:
+    """The batch id when ``key`` is ``file_of`` the batch's paths (one of its outbox files)."""
     parts = key.split("/")
-    if len(parts) == 3 and key == BatchPaths(parts[1]).batch_json:
+    if len(parts) == 3 and key == file_of(BatchPaths(parts[1])):
         return parts[1]
     return None
+
+
+def batch_json_owner(key: str) -> str | None:
+    """The batch id when ``key`` is a batch's batch.json (in a listing of the outbox)."""
+    return _outbox_owner(key, lambda paths: paths.batch_json)
+
+
+def errors_file_owner(key: str) -> str | None:
+    """The batch id when ``key`` is a batch's errors.jsonl (an error file's content)."""
+    return _outbox_owner(key, lambda paths: paths.errors)
 
 
 @dataclass(frozen=True)
@@ -175,14 +186,6 @@ class BatchPaths:
     def run_log(self, stamp: str) -> str:
         """The log of one ``batch-infer run`` started at ``stamp``."""
         return f"{self.logs}/run-{stamp}.log"
-
-
-def errors_file_owner(key: str) -> str | None:
-    """The batch id when ``key`` is a batch's errors.jsonl (an error file's content)."""
-    parts = key.split("/")
-    if len(parts) == 3 and key == BatchPaths(parts[1]).errors:
-        return parts[1]
-    return None
 
 
 @dataclass(frozen=True)

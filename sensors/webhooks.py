@@ -42,6 +42,25 @@ def _next_delivery(
     return Delivery(DeliveryState.PENDING, attempts, now + backoff_s(attempts), None, attempt.error)
 
 
+def _delivery(
+    record: EventRecord,
+    project: str | None,
+    tenant: BatchStorage,
+    sender: WebhookSender,
+    now: float,
+) -> Delivery | None:
+    """The event's delivery state after this tick; None while its publish is still writing."""
+    batch_id = record.event.data.id
+    status = read_batch(tenant, batch_id).status if batch_exists(tenant, batch_id) else None
+    if status != record.event.batch_status:
+        if status is None or status.ended:  # the publish that wrote it lost
+            return Delivery(DeliveryState.SUPERSEDED, record.delivery.attempts)
+        return None
+    if sender.url_for(project) is None:
+        return Delivery(DeliveryState.NO_ENDPOINT)
+    return _next_delivery(record, project, sender, now)
+
+
 def deliver_due(
     storage: BatchStorage, sender: WebhookSender, now: float, budget_s: float = TICK_BUDGET_S
 ) -> dict[str, int]:
@@ -54,24 +73,15 @@ def deliver_due(
                 continue
             if time.monotonic() - started > budget_s:
                 return outcome  # the next tick goes on
-            batch_id = record.event.data.id
-            status = read_batch(tenant, batch_id).status if batch_exists(tenant, batch_id) else None
-            if status != record.event.batch_status:
-                if status is None or status.ended:  # the publish that wrote it lost
-                    delivery = Delivery(DeliveryState.SUPERSEDED, record.delivery.attempts)
-                    save_delivery(tenant, msgspec.structs.replace(record, delivery=delivery))
-                    outcome[delivery.state] = outcome.get(delivery.state, 0) + 1
-                continue  # otherwise its publish is still writing the record
-            if sender.url_for(project) is None:
-                delivery = Delivery(DeliveryState.NO_ENDPOINT)
-            else:
-                delivery = _next_delivery(record, project, sender, now)
+            delivery = _delivery(record, project, tenant, sender, now)
+            if delivery is None:
+                continue
             save_delivery(tenant, msgspec.structs.replace(record, delivery=delivery))
             logger.info(
                 "event %s (%s of %s): %s after %d attempts%s",
                 record.event.id,
                 record.event.type,
-                batch_id,
+                record.event.data.id,
                 delivery.state,
                 delivery.attempts,
                 f" ({delivery.last_error})" if delivery.state != DeliveryState.DELIVERED else "",

@@ -73,7 +73,6 @@ def _check_request(body: CreateBatch) -> None:
     if body.completion_window != "24h":
         raise bad_request("completion_window: only '24h' is supported", "completion_window")
     _check_metadata(body.metadata)
-    _output_retention(body)
 
 
 def _output_retention(body: CreateBatch) -> int | None:
@@ -117,6 +116,7 @@ def create_batch(
     if answer is not None:
         return answer
     _check_request(body)
+    retention_s = _output_retention(body)
     record = read_file_record(t.storage, body.input_file_id)
     if record is None or record.expired():
         raise not_found("file", body.input_file_id)
@@ -130,8 +130,8 @@ def create_batch(
             "of purpose 'batch', or a finished batch's error file to retry its failed lines",
             "input_file_id",
         )
-    if (seconds := _output_retention(body)) is not None:
-        set_output_retention(t.storage, created.id, seconds)
+    if retention_s is not None:
+        set_output_retention(t.storage, created.id, retention_s)
     answer_body = batch_body(created)
     if stored:
         t.storage.write_json(stored, answer_body)

@@ -24,11 +24,7 @@ from batch_assets.lifecycle.files import (
     read_file_record,
     write_file_record,
 )
-from batch_assets.lifecycle.retention import (
-    MAX_EXPIRY_S,
-    MIN_EXPIRY_S,
-    active_reader,
-)
+from batch_assets.lifecycle.retention import MAX_EXPIRY_S, MIN_EXPIRY_S, active_reader
 from batch_assets.lifecycle.retention import delete_file as delete_stored_file
 from resources.layout import FilePaths
 

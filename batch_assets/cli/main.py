@@ -48,8 +48,7 @@ from batch_assets.lifecycle.batches import (
     list_batches,
     newest_first,
     read_batch,
-    read_batch_view,
-    read_live_counts,
+    read_batch_live,
     read_source,
     record_of,
 )
@@ -179,12 +178,11 @@ def _find_batch(storage: BatchStorage, batch_id: str) -> tuple[str | None, Batch
 
 def _command_status(args: argparse.Namespace, storage: BatchStorage) -> int:
     _, tenant = _find_batch(storage, args.batch_id)
-    batch = read_batch_view(tenant, args.batch_id)
+    batch, live = read_batch_live(tenant, args.batch_id)
     if args.json:
         print(json.dumps(batch.as_dict(), indent=2))
         return 0
     _print_summary(tenant, batch)
-    live = read_live_counts(tenant, batch.id) if batch.status.running else None
     lines = live_lines(live) if live else []
     lines += [f"input: {batch.input_key}", f"endpoint: {batch.endpoint or '-'}"]
     lines += [f"model: {batch.model or '-'}", *timestamp_lines(batch)]

@@ -261,19 +261,19 @@ def read_live_counts(storage: BatchStorage, batch_id: str) -> LiveCounts | None:
     return None if raw is None else msgspec.json.decode(raw, type=LiveCounts)
 
 
-def with_live_counts(storage: BatchStorage, record: BatchRecord) -> BatchRecord:
-    """The record with its run's live counts while it runs; the stored counts otherwise."""
-    if not record.status.running:
-        return record
-    live = read_live_counts(storage, record.id)
-    if live is None:
-        return record
-    return msgspec.structs.replace(record, request_counts=live.request_counts)
+def read_batch_live(storage: BatchStorage, batch_id: str) -> tuple[BatchRecord, LiveCounts | None]:
+    """The record as users see it, with its run's live counts in place of the stored ones
+    while it runs; and those live counts (None when it does not run or has none yet)."""
+    record = read_batch(storage, batch_id)
+    live = read_live_counts(storage, batch_id) if record.status.running else None
+    if live is not None:
+        record = msgspec.structs.replace(record, request_counts=live.request_counts)
+    return record, live
 
 
 def read_batch_view(storage: BatchStorage, batch_id: str) -> BatchRecord:
     """The record as users see it (API, CLI): live counts while the batch runs."""
-    return with_live_counts(storage, read_batch(storage, batch_id))
+    return read_batch_live(storage, batch_id)[0]
 
 
 def update_batch(storage: BatchStorage, batch_id: str, **fields: Any) -> BatchRecord:
@@ -397,7 +397,7 @@ def create_api_batch(
     source = SourceRef(key=file.content, version=info.version, size=info.size)
     storage.write_bytes(paths.source, msgspec.json.encode(source))
     storage.write_bytes(FilePaths(file.id).reader(batch_id), b"")
-    record = _new_record(batch_id, file.id, metadata or {}, endpoint)  # {} as OpenAI's
+    record = _new_record(batch_id, file.id, metadata, endpoint)
     _write(storage, record)
     if queued:
         entry = {"input_file_id": file.id, "queued_ns": time.time_ns()}  # first in, first out
