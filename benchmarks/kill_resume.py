@@ -97,11 +97,14 @@ class _Run:
         return time.monotonic() - self.started
 
 
-def _only_batch(storage: BatchStorage) -> str:
-    while True:  # registered within the first seconds of the run
+def _only_batch(storage: BatchStorage, run: _Run) -> str:
+    """The batch the run registers (within its first seconds)."""
+    while True:
         found = [p.name for p in (Path(storage.root) / WORK).glob("batch_*")]
         if found:
             return found[0]
+        if not run.sample():
+            raise SystemExit(f"batch-infer run exited {run.popen.returncode} before registering")
         time.sleep(0.5)
 
 
@@ -109,7 +112,7 @@ def _journaled(storage: BatchStorage, batch_id: str) -> int:
     return len(journaled_lines(storage, BatchPaths(batch_id).journal))
 
 
-def _answered_once(storage: BatchStorage, batch_id: str, requests: int) -> dict[str, int]:
+def _answered_once(storage: BatchStorage, batch_id: str) -> dict[str, int]:
     paths = BatchPaths(batch_id)
     seen: set[str] = set()
     lines = duplicates = 0
@@ -136,7 +139,7 @@ def benchmark(requests: int, kill_at: float, max_tokens: int, work: Path) -> dic
     cmd += settings.batch_infer_args()
 
     first = _Run(cmd, work / "first.log")
-    batch_id = _only_batch(storage)
+    batch_id = _only_batch(storage, first)
     target = int(requests * kill_at)
     journaled = 0
     while first.sample():
@@ -145,6 +148,8 @@ def benchmark(requests: int, kill_at: float, max_tokens: int, work: Path) -> dic
         if journaled >= target:
             first.kill()
             break
+    if first.popen.returncode != -signal.SIGKILL:
+        raise SystemExit("the first run ended before the kill: give it more --requests")
     killed_at = _journaled(storage, batch_id)
     first_s = first.seconds
 
@@ -152,7 +157,7 @@ def benchmark(requests: int, kill_at: float, max_tokens: int, work: Path) -> dic
     code = second.wait()
     if code != 0:
         raise SystemExit(f"the resumed run exited {code}: see {work / 'second.log'}")
-    _, meta = _events_of_last_run(root)
+    _, meta = _events(root / CLI_DAGSTER_HOME, newest=True)  # the resumed run
     result: dict[str, Any] = {
         "requests": requests,
         "max_tokens": max_tokens,
@@ -163,7 +168,7 @@ def benchmark(requests: int, kill_at: float, max_tokens: int, work: Path) -> dic
         "resumed_run_peak_rss_mib": round(second.peak_rss / 2**20),
         "resumed_done_before": meta.get("requests_done_before"),
         "resumed_done_this_run": meta.get("requests_done_this_run"),
-        **_answered_once(storage, batch_id, requests),
+        **_answered_once(storage, batch_id),
     }
     result["every_line_once"] = (
         result["result_lines"] == requests
@@ -176,11 +181,6 @@ def benchmark(requests: int, kill_at: float, max_tokens: int, work: Path) -> dic
         and result["resumed_done_before"] + result["resumed_done_this_run"] == requests
     )
     return result
-
-
-def _events_of_last_run(root: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """The inference metadata of the newest run in the CLI's instance (the resumed one)."""
-    return _events(root / CLI_DAGSTER_HOME, newest=True)
 
 
 def main() -> None:
