@@ -119,7 +119,7 @@ def _check_results(sdk: openai.OpenAI, batch: Batch, requests: int) -> dict[str,
     return texts
 
 
-def _wait_for_events(receiver: Receiver, count: int, timeout_s: float = 180) -> None:
+def _wait_for_events(receiver: Receiver, count: int, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while len(receiver.delivered) < count:
         assert time.monotonic() < deadline, f"{len(receiver.delivered)} of {count} events"
