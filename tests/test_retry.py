@@ -3,6 +3,7 @@
 
 import io
 import json
+import re
 import subprocess
 import threading
 
@@ -171,3 +172,16 @@ def test_batch_infer_retry_runs_the_unfinished_lines_here(tmp_path, engine, inst
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 2 and "has no line to retry" in again.stderr
     assert len(list_batches(storage)) == 2
+
+
+def test_a_retry_whose_original_input_is_gone_is_refused_and_creates_nothing(
+    tmp_path, engine, instance
+):
+    storage = BatchStorage(root=str(tmp_path / "storage"))
+    storage.write_bytes("inbox/gone.jsonl", chat_requests("g", 2).encode())
+    batch_id = register_batch(storage, "inbox/gone.jsonl")
+    cancel_batch(batch_id, storage, engine, instance=instance, wait_s=0)
+    storage.delete("inbox/gone.jsonl")
+    with pytest.raises(RetryRefused, match=re.escape("(inbox/gone.jsonl) was removed or replaced")):
+        create_retry_batch(storage, read_batch(storage, batch_id), queued=False)
+    assert [b.id for b in list_batches(storage)] == [batch_id]
