@@ -24,6 +24,7 @@ A test (``tests/test_layering.py``) fails when a layout literal appears anywhere
 <root>/files/<file_id>/content         an uploaded file's bytes
 <root>/files/<file_id>/readers/<id>    a batch that reads the file (deleting it waits)
 <root>/work/idempotency/<digest>.json  the first answer to an Idempotency-Key
+<root>/work/throughput/<model>.json    the rates of a model's last runs (for estimates)
 <root>/.tmp/                           local folder only: files being written
 <root>/.dagster/                       local folder only: the CLI's Dagster instance
 ```
@@ -32,6 +33,7 @@ With projects, the same layout sits under ``<root>/<project>/``.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from dagster._core.storage.tags import MAX_RETRIES_TAG, PARTITION_NAME_TAG, RETRY_NUMBER_TAG
 
@@ -45,6 +47,7 @@ OVERNIGHT_QUEUE = f"{WORK}/queue/overnight"
 API_QUEUE = f"{WORK}/queue/api"
 FILES = "files"
 IDEMPOTENCY = f"{WORK}/idempotency"
+THROUGHPUT = f"{WORK}/throughput"
 EVENTS = "events"
 PENDING_EVENTS = f"{EVENTS}/pending"
 SENT_EVENTS = f"{EVENTS}/sent"
@@ -76,6 +79,11 @@ def api_queue_key(batch_id: str) -> str:
 
 def idempotency_key(digest: str) -> str:
     return f"{IDEMPOTENCY}/{digest}.json"
+
+
+def throughput_key(model: str) -> str:
+    """The record of a served model's recent run rates (its name quoted into one key part)."""
+    return f"{THROUGHPUT}/{quote(model, safe='')}.json"
 
 
 def pending_event_key(event_id: str) -> str:

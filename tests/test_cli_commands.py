@@ -213,7 +213,22 @@ def test_run_is_quiet_then_status_and_list_read_the_batch(tmp_path, tiny_model):
     listed = json.loads(cli("list", "--json").stdout)
     assert [Batch.model_validate(b).id for b in listed["data"]] == [printed["batch_id"]]
     assert cli("status", "batch_unknown").returncode == 2
-    assert request_ids("q", 300)[-1] in Path(printed["output"]).read_text()
+    answers = Path(printed["output"]).read_text()
+    assert request_ids("q", 300)[-1] in answers
+
+    # The estimate counted before the run is what the engine reported, and the run's rate
+    # gives the next file an ETA.
+    used = sum(
+        json.loads(line)["response"]["body"]["usage"]["prompt_tokens"]
+        for line in answers.splitlines()
+    )
+    assert shown["prompt tokens"] == f"{used:,} over 300 lines (counted with {tiny_model})"
+    model = ["--model", str(tiny_model), "--served-model-name", MODEL_NAME]
+    estimate = cli("estimate", str(upload), *model, "--json")
+    assert estimate.returncode == 0, estimate.stderr
+    figures = json.loads(estimate.stdout)
+    assert figures["estimate"]["prompt_tokens"] == used
+    assert figures["eta"]["runs"] == 1 and figures["eta"]["seconds"] > 0
 
 
 def test_list_orders_batches_newest_first_across_projects(tmp_path, capsys, monkeypatch):

@@ -167,6 +167,7 @@ _SEGMENTS = {
     "content",
     "readers",
     "idempotency",
+    "throughput",
     "events",
     "counts.json",
     "output_retention.json",

@@ -5,6 +5,7 @@
     batch-infer list [--storage ROOT] [--project NAME] [--limit N] [--json]
     batch-infer cancel BATCH_ID [--storage ROOT] [--project NAME] [--wait SECONDS]
     batch-infer retry BATCH_ID [--storage ROOT] [--project NAME] [engine flags]
+    batch-infer estimate FILE.jsonl [--storage ROOT] [--project NAME] [--json] [engine flags]
     batch-infer serve [--host 127.0.0.1] [--port 8000] [--storage ROOT]
 
 ``run`` puts the file through the very assets the sensors run (a local Dagster instance),
@@ -39,7 +40,10 @@ from batch_assets.cli.display import (
     timestamp_lines,
 )
 from batch_assets.cli.engine_flags import add_engine_arguments, engine_from_args
+from batch_assets.cli.estimate import print_estimate
 from batch_assets.cli.runner import cancel_batch, register_file, run_batch
+from batch_assets.input.estimate import estimate_lines
+from batch_assets.input.manifest import ManifestFormatError, read_manifest
 from batch_assets.lifecycle.batches import (
     BatchRecord,
     BatchStatus,
@@ -54,6 +58,7 @@ from batch_assets.lifecycle.batches import (
 )
 from batch_assets.lifecycle.events import batch_event
 from batch_assets.lifecycle.retry import RetryRefused, create_retry_batch
+from batch_assets.lifecycle.throughput import read_runs
 from resources.engines.base import BatchEngine
 from resources.engines.config import EngineConfigError, engine_from_env
 from resources.engines.progress import watching
@@ -168,6 +173,12 @@ def _command_retry(args: argparse.Namespace, storage: BatchStorage) -> int:
     return _run_to_end(args, storage, engine, key, batch.id, started)
 
 
+def _command_estimate(args: argparse.Namespace, storage: BatchStorage) -> int:
+    if not args.file.is_file():
+        raise _UsageError(f"no such file: {args.file}")
+    return print_estimate(args, storage, engine_from_args(args))
+
+
 def _find_batch(storage: BatchStorage, batch_id: str) -> tuple[str | None, BatchStorage]:
     """The project holding ``batch_id``, and its storage."""
     for project, tenant in storage.tenants():
@@ -186,10 +197,21 @@ def _command_status(args: argparse.Namespace, storage: BatchStorage) -> int:
     lines = live_lines(live) if live else []
     lines += [f"input: {batch.input_key}", f"endpoint: {batch.endpoint or '-'}"]
     lines += [f"model: {batch.model or '-'}", *timestamp_lines(batch)]
+    lines += _estimate_lines(tenant, batch)
     if batch.status.ended and (event := batch_event(tenant, batch.id, batch.status)):
         lines += event_lines(event)
     print("\n".join(lines))
     return 0
+
+
+def _estimate_lines(storage: BatchStorage, batch: BatchRecord) -> list[str]:
+    """The token estimate of a validated batch (none before validation or after retention)."""
+    try:
+        manifest = read_manifest(storage, BatchPaths(batch.id))
+    except (FileNotFoundError, ManifestFormatError):
+        return []
+    runs = read_runs(storage, batch.model) if batch.model else []
+    return estimate_lines(manifest.estimate, manifest.requests, runs, batch.model or "the model")
 
 
 def _command_list(args: argparse.Namespace, storage: BatchStorage) -> int:
@@ -302,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arguments(listing)
     listing.add_argument("--limit", type=int, default=50, help="most batches shown; 0: all")
     listing.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    estimate = command(
+        "estimate", "what a file will cost before it runs: tokens, lines, an ETA (no engine)"
+    )
+    estimate.add_argument("file", type=Path, help="the .jsonl (or .jsonl.gz) file of requests")
+    estimate.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    _run_arguments(estimate)
     retry = command(
         "retry",
         "a new batch over an ended batch's failed lines (cancelled, expired, 5xx), run here",
@@ -343,6 +371,7 @@ COMMANDS = {
     "list": _command_list,
     "cancel": _command_cancel,
     "retry": _command_retry,
+    "estimate": _command_estimate,
 }
 
 

@@ -26,6 +26,7 @@ from batch_assets.lifecycle.batches import (
     transition,
 )
 from batch_assets.lifecycle.cancellation import cancel_requested, mark_cancelling
+from batch_assets.lifecycle.throughput import record_run
 from batch_assets.partitions import batch_partitions, open_batch
 from resources.engines.base import BatchEngine, LoopStats, RunControl
 from resources.engines.progress import Progress, report_progress
@@ -221,6 +222,15 @@ def batch_inference(context: dg.AssetExecutionContext, storage: BatchStorage, en
             manifest.requests,
             counts_before,
         )
+    record_run(
+        storage,
+        engine.served_model_names[0],
+        batch_id,
+        stats.requests,
+        stats.prompt_tokens,
+        stats.completion_tokens,
+        stats.wall_s,
+    )
     if stats.cancelled:
         mark_cancelling(storage, batch_id)
         context.log.info("batch %s: cancelled; finished requests are kept", batch_id)

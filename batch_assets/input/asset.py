@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from batch_assets.input.estimate import LineEstimator, estimate_metadata
 from batch_assets.input.manifest import Manifest, manifest_or_fail
 from batch_assets.input.validation import FileRejected, Limits, save_manifest, validate_input
 from batch_assets.lifecycle.batches import (
@@ -13,6 +14,7 @@ from batch_assets.lifecycle.batches import (
     update_batch,
 )
 from batch_assets.lifecycle.files import set_file_status
+from batch_assets.lifecycle.throughput import read_runs
 from batch_assets.partitions import batch_partitions, open_batch
 from resources.engines.base import BatchEngine
 from resources.layout import BatchPaths
@@ -52,7 +54,7 @@ def batch_input(
         manifest = manifest_or_fail(storage, paths)
         if manifest.source == source:
             context.log.info("batch %s already validated; reusing its shards", batch_id)
-            return _result(manifest, storage, paths, reused=True)
+            return _result(manifest, storage, paths, engine, reused=True)
     if not storage.exists(source.key) or storage.stat(source.key).version != source.version:
         fail_batch(
             storage,
@@ -71,8 +73,11 @@ def batch_input(
     )
     batch = read_batch(storage, batch_id)
     served = set(engine.served_model_names)
+    estimator = LineEstimator(engine.tokenizer_folder, engine.context_length)
     try:
-        report = validate_input(storage, source.key, paths, served, limits, batch.endpoint or None)
+        report = validate_input(
+            storage, source.key, paths, served, limits, batch.endpoint or None, estimator
+        )
     except FileRejected as rejected:
         fail_batch(storage, batch_id, rejected.code, rejected.message, rejected.line)
         set_file_status(storage, batch.input_file_id, "error", rejected.message)
@@ -89,14 +94,16 @@ def batch_input(
         model=engine.served_model_names[0],
         request_counts=RequestCounts(report.valid + report.invalid, 0, report.invalid),
     )
-    return _result(manifest, storage, paths, reused=False)
+    return _result(manifest, storage, paths, engine, reused=False)
 
 
 def _result(
-    manifest: Manifest, storage: BatchStorage, paths: BatchPaths, reused: bool
+    manifest: Manifest, storage: BatchStorage, paths: BatchPaths, engine: BatchEngine, reused: bool
 ) -> dg.MaterializeResult:
+    runs = read_runs(storage, engine.served_model_names[0])
     return dg.MaterializeResult(
         metadata={
+            **estimate_metadata(manifest.estimate, manifest.requests, runs),
             "input": manifest.source.key,
             "lines": manifest.lines,
             "valid": manifest.requests,
@@ -105,7 +112,6 @@ def _result(
             "endpoint": manifest.endpoint,
             "models": dg.MetadataValue.json(manifest.models),
             "error_codes": dg.MetadataValue.json(manifest.error_codes),
-            "est_prompt_tokens": manifest.est_prompt_tokens,
             "shards": len(manifest.shards),
             "work_area": dg.MetadataValue.path(storage.url(paths.work)),
             "reused": reused,

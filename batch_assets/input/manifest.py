@@ -9,6 +9,7 @@ fails with a reason that says so instead of misreading its shards.
 import dagster as dg
 import msgspec
 
+from batch_assets.input.estimate import TokenEstimate
 from batch_assets.lifecycle.batches import SourceRef, fail_batch
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
@@ -36,9 +37,10 @@ class Manifest(msgspec.Struct, kw_only=True):
     endpoint: str  # the batch's one url, set by its first valid request
     models: dict[str, int]
     error_codes: dict[str, int]
-    est_prompt_tokens: int
+    est_prompt_tokens: int  # characters / 4: a figure that needs no tokenizer
     shards: list[ShardRef]
     error_parts: list[ShardRef]
+    estimate: TokenEstimate | None = None  # counted with the model's tokenizer, where it has one
 
     @property
     def request_lines(self) -> int:

@@ -31,6 +31,12 @@ class TextPart(msgspec.Struct, gc=False):
 class ChatMessage(msgspec.Struct, gc=False):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+    # Read only to tell a plain message (a role and a text) from one the chat template is
+    # given more of; vLLM's request model checks them.
+    name: Any = None
+    tool_calls: Any = None
+    tool_call_id: Any = None
+    reasoning: Any = None
 
 
 class _Body(msgspec.Struct):
@@ -42,6 +48,18 @@ class ChatBody(_Body):
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=list
     )
+    # Read by the token estimate (vLLM's request model checks them): the output a line
+    # allows, and whether the chat template is given more than the messages.
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+    n: Any = None
+    tools: Any = None
+    documents: Any = None
+    chat_template: Any = None
+    chat_template_kwargs: Any = None
+    continue_final_message: Any = None
+    add_generation_prompt: Any = None
+    add_special_tokens: Any = None
 
 
 class CompletionBody(_Body):
@@ -144,3 +162,26 @@ def prompt_summary(body: _Body) -> tuple[int, str]:
     first = value[0] if value else ""
     prefix = first[:PREFIX_CHARS] if isinstance(first, str) else ""
     return total, prefix
+
+
+def plain_messages(body: ChatBody) -> tuple[tuple[str, ...], list[str]] | None:
+    """The roles and texts of the messages, if the body gives its template nothing more."""
+    if (
+        body.tools
+        or body.documents
+        or body.chat_template is not None
+        or body.chat_template_kwargs
+        or body.continue_final_message
+        or body.add_generation_prompt not in (None, True)
+        or body.add_special_tokens
+    ):
+        return None
+    roles, texts = [], []
+    for m in body.messages:
+        if not isinstance(m.content, str) or m.name or m.tool_calls or m.tool_call_id:
+            return None
+        if m.reasoning is not None:
+            return None
+        roles.append(m.role)
+        texts.append(m.content)
+    return tuple(roles), texts

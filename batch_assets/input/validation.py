@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from batch_assets.input.estimate import LineEstimator, TokenEstimate
 from batch_assets.input.manifest import Manifest, ShardRef, write_manifest
 from batch_assets.input.request_schema import (
     ENVELOPE_DECODER,
@@ -50,6 +51,7 @@ class ValidationReport:
     error_codes: dict[str, int] = field(default_factory=dict)
     shards: list[ShardRef] = field(default_factory=list)
     error_parts: list[ShardRef] = field(default_factory=list)
+    estimate: TokenEstimate | None = None
 
     @property
     def est_prompt_tokens(self) -> int:
@@ -60,8 +62,14 @@ class ValidationReport:
 class LineValidator:
     """Decide, line by line, whether a line becomes a request (duplicates aside)."""
 
-    def __init__(self, served_models: set[str], endpoint: str | None = None):
+    def __init__(
+        self,
+        served_models: set[str],
+        endpoint: str | None = None,
+        estimator: LineEstimator | None = None,
+    ):
         self.served_models = served_models
+        self.estimator = estimator
         self.endpoint = endpoint  # declared by the batch (the HTTP API), or the first request's
         self._declared = endpoint is not None
 
@@ -125,7 +133,10 @@ class LineValidator:
                 cid,
             )
         chars, prefix = prompt_summary(body)
-        body_json = bytes(request.body).decode("utf-8")
+        raw_body = bytes(request.body)
+        if self.estimator is not None:
+            self.estimator.add(request.url, body, raw_body)
+        body_json = raw_body.decode("utf-8")
         return ValidLine(number, cid, body_json, body.model, chars, prefix)
 
 
@@ -145,16 +156,17 @@ def validate_input(
     served_models: set[str],
     limits: Limits,
     endpoint: str | None = None,
+    estimator: LineEstimator | None = None,
 ) -> ValidationReport:
     """Validate ``input_key`` into request shards and line-error parts under ``paths.work``.
 
     ``endpoint`` is the batch's, when it was declared (a batch of the HTTP API); otherwise
-    the first request sets it.
+    the first request sets it. ``estimator`` counts the tokens of each valid line.
     """
     storage.delete_prefix(paths.shards)
     storage.delete_prefix(paths.line_errors)
     report = ValidationReport()
-    validator = LineValidator(served_models, endpoint)
+    validator = LineValidator(served_models, endpoint, estimator)
     chunks = ChunkWriter(storage, paths, limits.shard_rows, limits.order_by_prefix)
     with open_input(storage, input_key, limits.max_file_bytes) as stream:
         for number, content in iter_raw_lines(stream, limits.max_line_bytes):
@@ -189,6 +201,7 @@ def validate_input(
     report.models, report.error_codes = dict(stats.models), dict(stats.error_codes)
     report.endpoint = validator.endpoint
     report.shards, report.error_parts = chunks.shards, chunks.error_parts
+    report.estimate = estimator.finish() if estimator is not None else None
     if report.valid + report.invalid == 0:
         raise FileRejected("empty_file", "the file has no request lines (only blank lines)")
     if report.valid == 0:
@@ -219,6 +232,7 @@ def save_manifest(
         models=report.models,
         error_codes=report.error_codes,
         est_prompt_tokens=report.est_prompt_tokens,
+        estimate=report.estimate,
         shards=report.shards,
         error_parts=report.error_parts,
     )

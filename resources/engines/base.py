@@ -139,6 +139,17 @@ class BatchEngine(dg.ConfigurableResource):
         primary = self.served_model_name or self.model
         return [primary, *(a for a in self.model_aliases if a != primary)]
 
+    @property
+    def tokenizer_folder(self) -> str:
+        """Where the model's tokenizer is, for counting tokens before a run (a local folder or
+        a hub name, which is not counted)."""
+        return self.model
+
+    @property
+    def context_length(self) -> int | None:
+        """The context length set for the engine (None: the model's own)."""
+        return None
+
     def run_tags(self) -> dict[str, str]:
         """The tags of the runs that use this engine (the run queue limits them by these)."""
         raise NotImplementedError

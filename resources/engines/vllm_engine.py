@@ -123,6 +123,14 @@ class VLLMEngine(BatchEngine):
     MODE: ClassVar[str] = "in_process"
     LOADS_IN_RUN: ClassVar[bool] = True
 
+    @property
+    def tokenizer_folder(self) -> str:
+        return self.tokenizer or self.model
+
+    @property
+    def context_length(self) -> int | None:
+        return self.max_model_len
+
     def run_tags(self) -> dict[str, str]:
         """GPU_TAGS (the shipped instance runs one such run per GPU) and, for Kubernetes, the
         run pod's GPUs and the GPU nodes' toleration (ignored by other launchers)."""
