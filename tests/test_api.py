@@ -17,12 +17,13 @@ from openai.types import Batch, FileObject
 
 from batch_api.keys import KeyRing, digest
 from batch_api.server import ServeRefused, check_settings
-from batch_assets.lifecycle.batches import register_batch, update_batch
+from batch_assets.input.validation import Limits, save_manifest, validate_input
+from batch_assets.lifecycle.batches import read_source, register_batch, update_batch
 from batch_assets.lifecycle.files import read_file_record
-from resources.layout import FILES, FilePaths
+from resources.layout import FILES, BatchPaths, FilePaths
 from resources.storage import BatchStorage
 from tests.api_server import api_server
-from tests.conftest import chat_requests, drive
+from tests.conftest import MODEL_NAME, chat_requests, drive
 
 CHAT = "/v1/chat/completions"
 
@@ -294,6 +295,27 @@ def test_a_file_read_by_an_active_batch_cannot_be_deleted(api, storage):
     with pytest.raises(openai.NotFoundError):
         sdk.files.retrieve(file.id)
     assert _stored_keys(storage) == []
+
+
+def test_once_its_batch_has_validated_a_cancelled_batchs_input_can_be_deleted(api, storage):
+    """The cleanup flow "cancel, then delete the input": refused only while the batch still
+    reads the upload; once validated, its requests are in its work area."""
+    sdk = client(api)
+    file = upload(sdk, chat_requests("val", 2).encode())
+    batch = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    assert sdk.batches.cancel(batch.id).status == "cancelling"
+    with pytest.raises(openai.ConflictError, match="is read by batch"):
+        sdk.files.delete(file.id)  # not validated yet: the cancel's run validates it
+    paths = BatchPaths(batch.id)
+    source = read_source(storage, paths)
+    limits = Limits(1 << 20, 100, 1 << 30)
+    report = validate_input(storage, source.key, paths, {MODEL_NAME}, limits, CHAT)
+    save_manifest(storage, paths, source, report)
+    before = sdk.batches.retrieve(batch.id)
+    assert sdk.files.delete(file.id).deleted
+    assert sdk.batches.retrieve(batch.id) == before
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(file.id)
 
 
 def test_an_idempotency_key_returns_the_first_answer(api, storage):

@@ -18,6 +18,7 @@ from batch_assets.lifecycle.batches import (
     register_batch,
 )
 from batch_assets.lifecycle.cancellation import request_cancel
+from batch_assets.lifecycle.files import read_file_record
 from batch_assets.lifecycle.retry import RetryRefused, create_retry_batch, plan_retry
 from resources.journal import journaled_lines
 from resources.layout import BatchPaths
@@ -174,14 +175,22 @@ def test_batch_infer_retry_runs_the_unfinished_lines_here(tmp_path, engine, inst
     assert len(list_batches(storage)) == 2
 
 
-def test_a_retry_whose_original_input_is_gone_is_refused_and_creates_nothing(
+def test_a_retry_reads_the_work_area_and_is_refused_once_it_and_the_input_are_gone(
     tmp_path, engine, instance
 ):
     storage = BatchStorage(root=str(tmp_path / "storage"))
-    storage.write_bytes("inbox/gone.jsonl", chat_requests("g", 2).encode())
+    requests = chat_requests("g", 3)
+    storage.write_bytes("inbox/gone.jsonl", requests.encode())
     batch_id = register_batch(storage, "inbox/gone.jsonl")
-    cancel_batch(batch_id, storage, engine, instance=instance, wait_s=0)
+    cancel_batch(batch_id, storage, engine, instance=instance, wait_s=0)  # validates, cancels
     storage.delete("inbox/gone.jsonl")
+    retry = create_retry_batch(storage, read_batch(storage, batch_id), queued=False)
+    record = read_file_record(storage, retry.input_file_id)
+    assert record is not None
+    rebuilt = [json.loads(line) for line in storage.read_bytes(record.content).splitlines()]
+    assert rebuilt == [json.loads(line) for line in requests.splitlines()]  # in input order
+    # Retention removed the work area's requests too: nothing is left to retry from.
+    storage.delete_prefix(BatchPaths(batch_id).shards)
     with pytest.raises(RetryRefused, match=re.escape("(inbox/gone.jsonl) was removed or replaced")):
         create_retry_batch(storage, read_batch(storage, batch_id), queued=False)
-    assert [b.id for b in list_batches(storage)] == [batch_id]
+    assert len(list_batches(storage)) == 2

@@ -42,12 +42,14 @@ def output_expires_at(storage: BatchStorage, batch: BatchRecord) -> int | None:
 
 
 def active_reader(storage: BatchStorage, file_id: str) -> BatchRecord | None:
-    """A batch that has not ended and reads the file, if there is one."""
+    """A batch that still reads the file, if there is one: one that has neither ended nor
+    validated it (once validated, its requests are in its work area, and the upload is not
+    read again, not even by a retry of its failed lines)."""
     for info in storage.list(FilePaths(file_id).readers):
         batch_id = info.key.rsplit("/", 1)[-1]
         if batch_exists(storage, batch_id):
             batch = read_batch(storage, batch_id)
-            if not batch.status.ended:
+            if not batch.status.ended and not storage.exists(BatchPaths(batch_id).manifest):
                 return batch
     return None
 

@@ -5,15 +5,18 @@ Retried: lines that never ran (``batch_cancelled``, ``batch_expired``) and answe
 status (an engine or a server failed). Not retried: lines that failed validation and requests
 the engine refused (4xx): the same line would fail the same way. The new batch's input is a
 file of the original input's own lines for those requests (first occurrence of each
-``custom_id``, bytes unchanged), an ordinary upload that a client can download; the batch's
+``custom_id``, bytes unchanged) or, once that input is deleted, the same requests rebuilt from
+the original's work area; an ordinary upload that a client can download; the batch's
 metadata names the batch it retries (``retry_of``), its error file, and how many failed lines
 were not retried (``retry_skipped``).
 """
 
 import time
 from dataclasses import dataclass
+from typing import IO
 
 import msgspec
+import polars as pl
 
 from batch_assets.lifecycle.batches import (
     BatchRecord,
@@ -108,20 +111,61 @@ def plan_retry(storage: BatchStorage, original: BatchRecord) -> RetryPlan:
 
 
 def _write_retry_input(storage: BatchStorage, plan: RetryPlan) -> FileRecord:
-    """The original input's lines of the retried requests, as a new upload."""
+    """The retried requests as a new upload: the original input's own lines while it is there
+    (bytes unchanged), else rebuilt from the work area, where validation kept each request (so
+    the input may be deleted once its batch has validated)."""
+    file_id = new_file_id()
+    key = FilePaths(file_id).content
+    paths = BatchPaths(plan.original.id)
+    source = read_source(storage, paths)
+    shards = [info.key for info in storage.list(paths.shards)]
+    unchanged = storage.exists(source.key) and storage.stat(source.key).version == source.version
+    with storage.open_write(key) as out:
+        if unchanged or not shards:
+            _write_from_input(storage, plan, out)
+        else:
+            _write_from_shards(storage, shards, plan, out)
+    record = FileRecord(
+        id=file_id,
+        bytes=storage.stat(key).size,
+        created_at=int(time.time()),
+        filename=f"{plan.original.id}_retry.jsonl",
+        purpose="batch",
+        content=key,
+    )
+    write_file_record(storage, record)
+    return record
+
+
+def _write_from_shards(
+    storage: BatchStorage, shards: list[str], plan: RetryPlan, out: IO[bytes]
+) -> None:
+    """Each retried request rebuilt from its shard row (custom_id and the body's own JSON
+    text, as validation kept them; the columns of ``batch_assets.input.shards``), in input
+    order: shards hold consecutive ranges of lines and sort by their index."""
+    wanted = pl.Series(sorted(plan.custom_ids), dtype=pl.String)
+    url = msgspec.json.encode(plan.original.endpoint).decode()
+    for key in sorted(shards):
+        with storage.open_read(key) as stream:
+            frame = pl.read_parquet(stream, columns=["line", "custom_id", "body"])
+        rows = frame.filter(pl.col("custom_id").is_in(wanted)).sort("line")
+        for custom_id, body in rows.select("custom_id", "body").iter_rows():
+            cid = msgspec.json.encode(custom_id).decode()
+            line = f'{{"custom_id":{cid},"method":"POST","url":{url},"body":{body}}}\n'
+            out.write(line.encode())
+
+
+def _write_from_input(storage: BatchStorage, plan: RetryPlan, out: IO[bytes]) -> None:
+    """The original input's own lines of the retried requests (first of each custom_id)."""
     source = read_source(storage, BatchPaths(plan.original.id))
     if not storage.exists(source.key) or storage.stat(source.key).version != source.version:
         raise RetryRefused(
-            f"the input of batch {plan.original.id} ({source.key}) was removed or replaced"
+            f"the requests of batch {plan.original.id} are gone: its work area was removed "
+            f"(retention) and its input ({source.key}) was removed or replaced"
         )
-    file_id = new_file_id()
-    key = FilePaths(file_id).content
     wanted = set(plan.custom_ids)
     try:
-        with (
-            open_input(storage, source.key, _MAX_FILE_BYTES) as lines,
-            storage.open_write(key) as out,
-        ):
+        with open_input(storage, source.key, _MAX_FILE_BYTES) as lines:
             for _, content in iter_raw_lines(lines, _MAX_LINE_BYTES):
                 if not content or not wanted:
                     continue
@@ -134,16 +178,6 @@ def _write_retry_input(storage: BatchStorage, plan: RetryPlan) -> FileRecord:
                     out.write(content + b"\n")
     except FileRejected as rejected:
         raise RetryRefused(f"the input of batch {plan.original.id}: {rejected.message}") from None
-    record = FileRecord(
-        id=file_id,
-        bytes=storage.stat(key).size,
-        created_at=int(time.time()),
-        filename=f"{plan.original.id}_retry.jsonl",
-        purpose="batch",
-        content=key,
-    )
-    write_file_record(storage, record)
-    return record
 
 
 def create_retry_batch(
