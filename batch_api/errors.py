@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -34,12 +35,19 @@ def bad_request(message: str, param: str | None, code: str = "invalid_value") ->
     return APIError(400, message, code, param)
 
 
-def not_found(kind: str, object_id: str) -> APIError:
-    """Unknown here, or another project's: the same answer, so no id is confirmed."""
-    return APIError(404, f"No such {kind}: '{object_id}'", f"{kind}_not_found", "id")
+def not_found(kind: str, object_id: str, param: str = "id") -> APIError:
+    """Unknown here, or another project's: the same answer, so no id is confirmed. ``param``
+    names the field that held the id (``id`` for a path)."""
+    return APIError(404, f"No such {kind}: '{object_id}'", f"{kind}_not_found", param)
 
 
-def error_response(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "error": {
             "message": message,
@@ -48,8 +56,8 @@ def error_response(status: int, message: str, code: str, param: str | None = Non
             "code": code,
         }
     }
-    headers = {"x-should-retry": "false"} if 400 <= status < 500 else {}
-    return JSONResponse(body, status_code=status, headers=headers)
+    sent = {"x-should-retry": "false"} if 400 <= status < 500 else {}
+    return JSONResponse(body, status_code=status, headers={**sent, **(headers or {})})
 
 
 async def on_api_error(_: Request, error: Exception) -> JSONResponse:
@@ -61,6 +69,10 @@ async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
     """FastAPI's 422 becomes OpenAI's 400, naming the first field at fault."""
     assert isinstance(error, RequestValidationError)
     first = error.errors()[0] if error.errors() else {}
+    if first.get("type") == "json_invalid":  # its location is a character offset, no field
+        reason = (first.get("ctx") or {}).get("error", "invalid JSON")
+        message = f"We could not parse the JSON body of your request: {reason}"
+        return error_response(400, message, "invalid_json")
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(location) or None
     message = f"{param}: {first.get('msg', 'invalid value')}" if param else "invalid request"
@@ -68,7 +80,23 @@ async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
     return error_response(400, message, code, param)
 
 
-async def on_http_error(_: Request, error: Exception) -> JSONResponse:
+async def on_http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     code = {404: "unknown_url", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    return error_response(error.status_code, str(error.detail), code)
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # every method of the path (Starlette names one route's)
+        headers["Allow"] = ", ".join(_methods_of(request))
+    return error_response(error.status_code, str(error.detail), code, None, headers)
+
+
+def _methods_of(request: Request) -> list[str]:
+    path = request.url.path
+    return sorted(
+        {
+            method
+            for route in request.app.router.routes
+            if isinstance(route, Route) and route.path_regex.fullmatch(path)
+            for method in route.methods or ()
+            if method != "HEAD"
+        }
+    )

@@ -7,10 +7,12 @@ parts raises before that, so nothing is left behind.
 """
 
 import re
+import urllib.parse
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import IO, TYPE_CHECKING
 
+import msgspec
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
@@ -18,9 +20,11 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 from batch_api.errors import APIError, bad_request
+from batch_assets.lifecycle.files import FileStatus
 from resources.storage import BatchStorage
 
 MAX_FIELD_BYTES = 64 << 10  # a non-file form field
+MAX_CHECKED_LINE = 4 << 20  # the input step's default line limit
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -30,13 +34,106 @@ def safe_filename(raw: str) -> str:
     return name[:255] or "upload"
 
 
+_EXTENDED_FILENAME = re.compile(rb"""filename\*\s*=\s*([^;]+)""", re.IGNORECASE)
+# What browsers and httpx escape in a quoted filename (the HTML multipart encoding).
+_FORM_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n", "%0d": "\r", "%0a": "\n"}
+
+
+def part_filename(disposition: bytes, quoted: bytes | None) -> str | None:
+    """The file part's name: RFC 5987's ``filename*=UTF-8''...`` where given (RFC 6266 prefers
+    it), else ``filename="..."`` with the form encoding's escapes undone."""
+    extended = _EXTENDED_FILENAME.search(disposition)
+    if extended:
+        charset, _, rest = extended.group(1).strip().strip(b'"').decode("latin-1").partition("'")
+        _, _, value = rest.partition("'")
+        try:
+            return urllib.parse.unquote(value, encoding=charset or "utf-8", errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            pass
+    if quoted is None:
+        return None
+    return re.sub(
+        "%2[2]|%0[DdAa]", lambda m: _FORM_ESCAPES[m.group(0)], quoted.decode("utf-8", "replace")
+    )
+
+
+class JsonlCheck:
+    """Whether an upload's lines are JSON objects, checked as its bytes stream past.
+
+    A file none of whose lines is a JSON object (or with no line at all) cannot be a batch's
+    input; a file with some bad lines can (each becomes an error line of its batch).
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_CHECKED_LINE):
+        self.max_line_bytes = max_line_bytes
+        self.number = 0  # lines read
+        self.lines = 0  # non-blank lines
+        self.bad = 0
+        self.first_bad: str | None = None
+        self._partial = bytearray()
+        self._too_long = False
+
+    def feed(self, data: bytes) -> None:
+        *whole, rest = data.split(b"\n")
+        for piece in whole:
+            if self._too_long:
+                self._line(None)
+            else:
+                self._partial += piece
+                self._line(bytes(self._partial))
+            self._partial.clear()
+            self._too_long = False
+        if not self._too_long:
+            self._partial += rest
+            if len(self._partial) > self.max_line_bytes:
+                self._too_long = True
+                self._partial.clear()
+
+    def finish(self) -> tuple[FileStatus, str | None]:
+        """The file's status and, if any line is bad, why."""
+        if self._partial or self._too_long:
+            self._line(None if self._too_long else bytes(self._partial))
+        if self.lines == 0:
+            return "error", "the file has no request lines"
+        if self.bad == self.lines:
+            return "error", f"none of the {self.lines} lines is a JSON object; {self.first_bad}"
+        if self.bad:
+            return "processed", (
+                f"{self.bad} of {self.lines} lines are not JSON objects ({self.first_bad}); "
+                "a batch answers each with an error line"
+            )
+        return "processed", None
+
+    def _line(self, content: bytes | None) -> None:
+        self.number += 1
+        if content is not None and (not content or content.isspace()):
+            return
+        self.lines += 1
+        if content is None:
+            reason = f"longer than {self.max_line_bytes} bytes"
+        else:
+            try:
+                if isinstance(msgspec.json.decode(content), dict):
+                    return
+                reason = "a JSON value that is not an object"
+            except msgspec.DecodeError as error:
+                reason = f"not valid JSON: {error}"
+            except RecursionError:
+                reason = "nested too deeply"
+        self.bad += 1
+        if self.first_bad is None:
+            self.first_bad = f"first: line {self.number}: {reason}"
+
+
 class UploadedForm:
-    """What the form held: its text fields, and the file part's name and size."""
+    """What the form held: its text fields, the file part's name and size, and its lines'
+    check."""
 
     def __init__(self) -> None:
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.size = 0
+        self.check = JsonlCheck()
 
 
 class _FormReader:
@@ -94,8 +191,9 @@ class _FormReader:
             return
         if self.writer is not None:
             raise bad_request("the form has more than one `file` part", "file")
-        filename = params.get(b"filename", b"upload").decode("utf-8", "replace")
-        self.form.filename = safe_filename(filename)
+        disposition = self._headers.get(b"content-disposition", b"")
+        filename = part_filename(disposition, params.get(b"filename"))
+        self.form.filename = safe_filename(filename or "upload")
         self._is_file = True
         self.writer = self.stack.enter_context(self.storage.open_write(self.key))
 
@@ -110,6 +208,7 @@ class _FormReader:
                     "file",
                 )
             self.writer.write(data[start:end])
+            self.form.check.feed(data[start:end])
             return
         self._value.extend(data[start:end])
         if len(self._value) > MAX_FIELD_BYTES:

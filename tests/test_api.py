@@ -26,6 +26,7 @@ from tests.api_server import api_server
 from tests.conftest import MODEL_NAME, chat_requests, drive
 
 CHAT = "/v1/chat/completions"
+JSON = {"content-type": "application/json"}
 
 
 def client(base_url: str, key: str = "unused", **kwargs) -> openai.OpenAI:
@@ -61,7 +62,7 @@ def test_upload_list_retrieve_and_download_with_the_sdk(api, storage):
     sdk = client(api)
     content = chat_requests("u", 5).encode()
     created = upload(sdk, content)
-    assert created.id.startswith("file-") and created.status == "uploaded"
+    assert created.id.startswith("file-") and created.status == "processed"
     assert (created.bytes, created.filename, created.purpose) == (
         len(content),
         "requests.jsonl",
@@ -153,10 +154,62 @@ def test_a_missing_field_is_400_not_422(api):
     assert answer.json()["error"]["param"] == "input_file_id"
 
 
+def test_a_malformed_json_body_names_no_field(api):
+    with httpx.Client(base_url=api) as http:
+        answer = http.post("/batches", content=b'{"input_file_id": ', headers=JSON)
+        wrong_method = http.put("/files")
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] is None and "could not parse the JSON body" in error["message"]
+    assert wrong_method.status_code == 405
+    assert set(wrong_method.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+
+
+def test_wait_for_processing_returns_at_once_and_an_invalid_file_is_an_error(api):
+    """The documented flow "upload, wait, create": a batch upload is processed (or an error,
+    with its reason) once its lines have been checked as JSONL."""
+    sdk = client(api)
+    good = upload(sdk, chat_requests("w", 3).encode())
+    waited = sdk.files.wait_for_processing(good.id, poll_interval=0.1, max_wait_seconds=10)
+    assert waited.status == "processed" and waited.status_details is None
+    some_bad = upload(sdk, chat_requests("w", 2).encode() + b"[1, 2]\n\n{broken\n")
+    assert some_bad.status == "processed"
+    assert some_bad.status_details is not None
+    assert "2 of 4 lines are not JSON objects (first: line 3" in some_bad.status_details
+    for content, reason in (
+        (b"not json\n{\n", "none of the 2 lines is a JSON object; first: line 1: not valid JSON"),
+        (b"\n  \n", "the file has no request lines"),
+        (b"", "the file has no request lines"),
+    ):
+        bad = upload(sdk, content, name="bad.jsonl")
+        waited = sdk.files.wait_for_processing(bad.id, poll_interval=0.1, max_wait_seconds=10)
+        assert waited.status == "error"
+        assert waited.status_details is not None and waited.status_details.startswith(reason)
+
+
+def test_file_names_with_quotes_or_only_an_rfc5987_name_are_kept(api):
+    sdk = client(api)
+    assert upload(sdk, b"{}\n", name='say "hi".jsonl').filename == 'say "hi".jsonl'
+    disposition = "form-data; name=\"file\"; filename*=UTF-8''na%C3%AFve%20r%C3%A9sum%C3%A9.jsonl"
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        + b"--b\r\nContent-Disposition: "
+        + disposition.encode()
+        + b"\r\n\r\n{}\n\r\n--b--\r\n"
+    )
+    with httpx.Client(base_url=api) as http:
+        answer = http.post(
+            "/files", content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["filename"] == "naïve résumé.jsonl"
+
+
 def test_unknown_or_wrong_purpose_input_files(api, storage):
     sdk = client(api)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as missing:
         sdk.batches.create(input_file_id="file-nope", endpoint=CHAT, completion_window="24h")
+    assert missing.value.body["param"] == "input_file_id"
     # A batch's own output file (purpose batch_output) is not an input.
     storage.write_bytes("inbox/done.jsonl", chat_requests("d", 1).encode())
     batch_id = register_batch(storage, "inbox/done.jsonl")

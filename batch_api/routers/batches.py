@@ -119,7 +119,7 @@ def create_batch(
     retention_s = _output_retention(body)
     record = read_file_record(t.storage, body.input_file_id)
     if record is None or record.expired():
-        raise not_found("file", body.input_file_id)
+        raise not_found("file", body.input_file_id, "input_file_id")
     if record.purpose == "batch":
         created = create_api_batch(t.storage, record, body.endpoint, body.metadata)
     elif (original := batch_of_error_file(t.storage, record.id)) is not None:

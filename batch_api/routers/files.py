@@ -76,12 +76,15 @@ async def create_file(
         settings.max_file_bytes,
     )
     created = int(time.time())
+    status, details = form.check.finish()  # processed once its lines are JSON objects
     record = FileRecord(
         id=file_id,
         bytes=form.size,
         created_at=created,
         filename=form.filename or "upload",
         purpose="batch",
+        status=status,
+        status_details=details,
         expires_at=_expiry(form.fields, created),
         content=paths.content,
     )
