@@ -1,37 +1,28 @@
 """OpenAI's list pages, and the stored first answer of an ``Idempotency-Key``."""
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
 from batch_api.auth import Tenant
-from batch_api.errors import bad_request
+from batch_api.errors import APIError, bad_request
 from resources.layout import idempotency_key
 
 
-def page(
-    items: list[Any],
-    ident: Callable[[Any], str],
-    body: Callable[[Any], dict[str, Any]],
-    after: str | None,
-    limit: int,
-) -> dict[str, Any]:
-    """OpenAI's list of the ``limit`` items after the one whose id is ``after``."""
-    if after is not None:
-        ids = [ident(item) for item in items]
-        if after not in ids:
-            raise bad_request(f"after: no object {after!r} in this list", "after")
-        items = items[ids.index(after) + 1 :]
-    data = [body(item) for item in items[:limit]]
+def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list object of one page."""
     return {
         "object": "list",
         "data": data,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
-        "has_more": len(items) > limit,
+        "has_more": has_more,
     }
+
+
+def unknown_cursor(after: str) -> APIError:
+    return bad_request(f"after: no object {after!r} in this list", "after")
 
 
 def remembered(t: Tenant, route: str, key: str | None) -> tuple[str | None, JSONResponse | None]:

@@ -25,6 +25,8 @@ A test (``tests/test_layering.py``) fails when a layout literal appears anywhere
 <root>/files/<file_id>/readers/<id>    a batch that reads the file (deleting it waits)
 <root>/work/idempotency/<digest>.json  the first answer to an Idempotency-Key
 <root>/work/throughput/<model>.json    the rates of a model's last runs (for estimates)
+<root>/index/files/<sort key>          an empty object a file; names sort newest first, so a
+<root>/index/batches/<sort key>        page of a list is one listing from its cursor
 <root>/.tmp/                           local folder only: files being written
 <root>/.dagster/                       local folder only: the CLI's Dagster instance
 ```
@@ -48,6 +50,10 @@ API_QUEUE = f"{WORK}/queue/api"
 FILES = "files"
 IDEMPOTENCY = f"{WORK}/idempotency"
 THROUGHPUT = f"{WORK}/throughput"
+INDEX = "index"
+FILE_INDEX = f"{INDEX}/files"  # one empty object a file, named so that names sort newest first
+BATCH_INDEX = f"{INDEX}/batches"  # the same for batches
+INDEX_BUILT = ".built"  # in an index folder: every object before the index has its entry
 EVENTS = "events"
 PENDING_EVENTS = f"{EVENTS}/pending"
 SENT_EVENTS = f"{EVENTS}/sent"

@@ -1,5 +1,6 @@
 """The local-folder backend of :class:`resources.storage.BatchStorage`."""
 
+import bisect
 import io
 import os
 import shutil
@@ -56,6 +57,19 @@ class LocalBackend:
                 if info is not None:
                     yield info
 
+    def list_names(
+        self, folder: str, start_after: str | None = None, reverse: bool = False
+    ) -> Iterator[str]:
+        """The names of the files directly in ``folder``, in name order (descending with
+        ``reverse``), after ``start_after``: one sorted listing of the folder, kept while the
+        folder's modification time says nothing was added or removed."""
+        names = _sorted_names(self.local_path(folder))
+        if reverse:
+            end = bisect.bisect_left(names, start_after) if start_after is not None else len(names)
+            return (names[k] for k in range(end - 1, -1, -1))
+        begin = bisect.bisect_right(names, start_after) if start_after is not None else 0
+        return (names[k] for k in range(begin, len(names)))
+
     @contextmanager
     def open_read(self, key: str) -> Iterator[io.BufferedReader]:
         with self.local_path(key).open("rb") as stream:
@@ -108,3 +122,32 @@ class LocalBackend:
 
     def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)
+
+
+_LISTINGS: dict[Path, tuple[int, list[str]]] = {}
+_MAX_LISTINGS = 64
+_SETTLED_NS = 1_000_000_000
+
+
+def _sorted_names(folder: Path) -> list[str]:
+    """The folder's file names, sorted; reused while the folder's mtime is unchanged (a name
+    added or removed changes it), so a page of a large folder costs a bisect, not a sort."""
+    try:
+        mtime = folder.stat().st_mtime_ns
+    except FileNotFoundError:
+        return []
+    known = _LISTINGS.get(folder)
+    if known is not None and known[0] == mtime:
+        return known[1]
+    settled = time.time_ns() - mtime > _SETTLED_NS  # a later change in the same clock tick
+    # as the listing would leave the mtime as it is: only an mtime that old is trusted
+    names = sorted(
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
+    )
+    if settled:
+        if len(_LISTINGS) >= _MAX_LISTINGS:
+            _LISTINGS.clear()
+        _LISTINGS[folder] = (mtime, names)
+    return names

@@ -112,6 +112,19 @@ class S3Backend:
                     int(obj["LastModified"].timestamp() * 1e9),
                 )
 
+    def list_names(
+        self, folder: str, start_after: str | None = None, reverse: bool = False
+    ) -> Iterator[str]:
+        """The names of the objects directly in ``folder``, in key order from ``start_after``
+        (S3's StartAfter: a page costs one LIST); ``reverse`` lists them all first, as S3
+        lists in one order only."""
+        if reverse:
+            names = [info.key.rsplit("/", 1)[-1] for info in self.list(folder)]
+            names = [n for n in names if start_after is None or n < start_after]
+            return reversed(names)
+        after = f"{folder}/{start_after}" if start_after is not None else None
+        return (info.key.rsplit("/", 1)[-1] for info in self.list(folder, after))
+
     @contextmanager
     def open_read(self, key: str) -> Iterator["io.BufferedReader[Any]"]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]

@@ -137,6 +137,13 @@ class BatchStorage(dg.ConfigurableResource):
         """Objects under the folder key ``prefix``, in key order, after ``start_after``."""
         return self.backend().list(check_key(prefix.rstrip("/")), start_after)
 
+    def list_names(
+        self, folder: str, start_after: str | None = None, reverse: bool = False
+    ) -> Iterator[str]:
+        """Names of the objects directly in ``folder`` (a flat folder: an index), in name order
+        after ``start_after`` (before it, descending, with ``reverse``); lazily."""
+        return self.backend().list_names(check_key(folder.rstrip("/")), start_after, reverse)
+
     def open_read(self, key: str) -> AbstractContextManager[io.BufferedReader]:
         """A buffered binary stream (``readline``, ``peek``) over ``key``."""
         return self.backend().open_read(check_key(key))

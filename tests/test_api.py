@@ -8,6 +8,7 @@ are in test_api_dagster.py.
 import asyncio
 import io
 import socket
+import time
 import urllib.parse
 
 import httpx
@@ -19,7 +20,7 @@ from batch_api.keys import KeyRing, digest
 from batch_api.server import ServeRefused, check_settings
 from batch_assets.input.validation import Limits, save_manifest, validate_input
 from batch_assets.lifecycle.batches import read_source, register_batch, update_batch
-from batch_assets.lifecycle.files import read_file_record
+from batch_assets.lifecycle.files import read_file_record, record_batch_file
 from resources.layout import FILES, BatchPaths, FilePaths
 from resources.storage import BatchStorage
 from tests.api_server import api_server
@@ -213,10 +214,9 @@ def test_unknown_or_wrong_purpose_input_files(api, storage):
     # A batch's own output file (purpose batch_output) is not an input.
     storage.write_bytes("inbox/done.jsonl", chat_requests("d", 1).encode())
     batch_id = register_batch(storage, "inbox/done.jsonl")
-    from batch_assets.lifecycle.files import record_batch_file
-
     storage.write_bytes(f"outbox/{batch_id}/output.jsonl", b"")
-    output_id = record_batch_file(storage, batch_id, "output", f"outbox/{batch_id}/output.jsonl")
+    key = f"outbox/{batch_id}/output.jsonl"
+    output_id = record_batch_file(storage, batch_id, "output", key, int(time.time()))
     with pytest.raises(openai.BadRequestError) as raised:
         sdk.batches.create(input_file_id=output_id, endpoint=CHAT, completion_window="24h")
     assert raised.value.body["param"] == "input_file_id"
@@ -319,6 +319,53 @@ def test_lists_page_with_the_sdk_newest_first(api, storage):
     assert sorted(files_listed) == sorted(f.id for f in files) and len(files_listed) == 5
     with pytest.raises(openai.BadRequestError):
         sdk.batches.list(after="batch_unknown")
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+def test_deleting_each_file_while_auto_paginating_deletes_them_all(api, storage, order):
+    """``for f in client.files.list(limit=2): client.files.delete(f.id)``: the cursor is the
+    deleted file's place in the list, not a lookup of it. A batch's own files are in it too."""
+    sdk = client(api)
+    uploads = [upload(sdk, chat_requests(f"d{i}", 1).encode(), f"d{i}.jsonl") for i in range(5)]
+    storage.write_bytes("inbox/done.jsonl", chat_requests("o", 1).encode())
+    batch_id = register_batch(storage, "inbox/done.jsonl")
+    storage.write_bytes(f"outbox/{batch_id}/output.jsonl", b"{}\n")
+    created = sdk.batches.retrieve(batch_id).created_at
+    key = f"outbox/{batch_id}/output.jsonl"
+    output_id = record_batch_file(storage, batch_id, "output", key, created)
+    expected = {f.id for f in uploads} | {output_id, sdk.batches.retrieve(batch_id).input_file_id}
+    seen = []
+    for file in sdk.files.list(limit=2, order=order):
+        seen.append(file.id)
+        sdk.files.delete(file.id)
+    assert sorted(seen) == sorted(expected)
+    assert sdk.files.list().data == []
+
+
+def test_every_object_there_for_the_whole_listing_is_seen_once(api, storage):
+    """Pagination while other clients upload and delete: what existed from the first page to
+    the last is listed exactly once; nothing is listed twice."""
+    sdk = client(api)
+    stay = [upload(sdk, b"{}\n", f"stay{i}.jsonl").id for i in range(12)]
+    doomed = [upload(sdk, b"{}\n", f"doomed{i}.jsonl").id for i in range(12)]
+    seen: list[str] = []
+    for n, file in enumerate(sdk.files.list(limit=3)):
+        seen.append(file.id)
+        if n < len(doomed):  # another client, between pages
+            sdk.files.delete(doomed[n])
+            upload(sdk, b"{}\n", f"new{n}.jsonl")
+    assert len(seen) == len(set(seen))
+    assert set(stay) <= set(seen)
+    batches = [
+        sdk.batches.create(input_file_id=stay[0], endpoint=CHAT, completion_window="24h").id
+        for _ in range(7)
+    ]
+    listed = []
+    for batch in sdk.batches.list(limit=2):  # each cancelled as it is met: still listed once
+        listed.append(batch.id)
+        sdk.batches.cancel(batch.id)
+        sdk.batches.create(input_file_id=stay[1], endpoint=CHAT, completion_window="24h")
+    assert len(listed) == len(set(listed)) and set(batches) <= set(listed)
 
 
 def test_cancel_is_idempotent_and_409_on_a_finished_batch(api, storage):

@@ -144,7 +144,7 @@ def test_storage_backends_do_not_import_the_storage_facade():
 
 
 # What a layout literal looks like: a storage key or prefix, or one of the project's run tags.
-_TOP_LEVEL = {"inbox", "outbox", "work", "files", "events", ".dagster", "inbox/overnight"}
+_TOP_LEVEL = {"inbox", "outbox", "work", "files", "events", "index", ".dagster", "inbox/overnight"}
 _SEGMENTS = {
     "inbox",
     "outbox",

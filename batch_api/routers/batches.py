@@ -13,13 +13,13 @@ from pydantic import BaseModel
 
 from batch_api.auth import Auth, Tenant
 from batch_api.errors import APIError, bad_request, not_found
-from batch_api.lists import page, remembered
+from batch_api.lists import page, remembered, unknown_cursor
 from batch_assets.lifecycle.batches import (
     BatchRecord,
     BatchStatus,
     batch_exists,
     create_api_batch,
-    list_batches,
+    page_batches,
     read_batch_view,
 )
 from batch_assets.lifecycle.cancellation import request_cancel
@@ -144,7 +144,11 @@ def list_all_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> dict[str, Any]:
-    return page(list_batches(t.storage), lambda b: b.id, batch_body, after, limit)
+    try:
+        batches, more = page_batches(t.storage, after, limit)
+    except KeyError:
+        raise unknown_cursor(str(after)) from None
+    return page([batch_body(b) for b in batches], more)
 
 
 def existing_batch(t: Tenant, batch_id: str) -> BatchRecord:

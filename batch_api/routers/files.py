@@ -14,13 +14,13 @@ from openai.types import FileDeleted, FileObject
 
 from batch_api.auth import Auth, Tenant, settings_of
 from batch_api.errors import APIError, bad_request, not_found
-from batch_api.lists import page, remembered
+from batch_api.lists import page, remembered, unknown_cursor
 from batch_api.settings import APISettings
 from batch_api.uploads import stream_upload
 from batch_assets.lifecycle.files import (
     FileRecord,
-    iter_file_records,
     new_file_id,
+    page_file_records,
     read_file_record,
     write_file_record,
 )
@@ -104,13 +104,15 @@ def list_files(
     after: str | None = None,
 ) -> dict[str, Any]:
     now = time.time()
-    records = [
-        r
-        for r in iter_file_records(t.storage)
-        if (purpose is None or r.purpose == purpose) and not r.expired(now)
-    ]
-    records.sort(key=lambda r: (r.created_at, r.id), reverse=order == "desc")
-    return page(records, lambda r: r.id, file_body, after, limit)
+
+    def keep(record: FileRecord) -> bool:
+        return (purpose is None or record.purpose == purpose) and not record.expired(now)
+
+    try:
+        records, more = page_file_records(t.storage, after, limit, order == "desc", keep)
+    except KeyError:
+        raise unknown_cursor(str(after)) from None
+    return page([file_body(r) for r in records], more)
 
 
 @router.get("/v1/files/{file_id}")

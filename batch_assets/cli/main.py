@@ -49,8 +49,9 @@ from batch_assets.lifecycle.batches import (
     BatchStatus,
     batch_exists,
     batch_url,
+    index_entry,
     list_batches,
-    newest_first,
+    page_batches,
     read_batch,
     read_batch_live,
     read_source,
@@ -215,14 +216,21 @@ def _estimate_lines(storage: BatchStorage, batch: BatchRecord) -> list[str]:
 
 
 def _command_list(args: argparse.Namespace, storage: BatchStorage) -> int:
-    batches = [
-        (project, batch) for project, tenant in storage.tenants() for batch in list_batches(tenant)
-    ]
-    batches.sort(key=lambda item: newest_first(item[1]), reverse=True)
+    # Each project's newest ``limit`` batches from its index (one page each), merged.
+    batches, more = [], False
+    for project, tenant in storage.tenants():
+        if args.limit:
+            found, older = page_batches(tenant, None, args.limit)
+        else:
+            found, older = list_batches(tenant), False
+        batches += [(project, batch) for batch in found]
+        more = more or older
+    batches.sort(key=lambda item: index_entry(item[1]))
     shown = batches[: args.limit] if args.limit else batches
+    more = more or len(shown) < len(batches)
     if args.json:
         data = [{**batch.as_dict(), "project": project} for project, batch in shown]
-        print(json.dumps({"object": "list", "data": data, "has_more": len(shown) < len(batches)}))
+        print(json.dumps({"object": "list", "data": data, "has_more": more}))
         return 0
     header = ["BATCH ID", "STATUS", "TOTAL", "DONE", "FAILED", "CREATED", "INPUT"]
     rows = []
@@ -245,8 +253,8 @@ def _command_list(args: argparse.Namespace, storage: BatchStorage) -> int:
         print(f"no batches in {storage.uri}")
         return 0
     print("\n".join(table(rows, header)))
-    if len(shown) < len(batches):
-        print(f"... {len(batches) - len(shown)} older batches (--limit 0 shows all)")
+    if more:
+        print("... and older batches (--limit 0 shows all)")
     return 0
 
 

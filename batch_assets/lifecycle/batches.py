@@ -34,7 +34,15 @@ import msgspec
 
 from batch_assets.lifecycle.events import record_event
 from batch_assets.lifecycle.files import FileRecord, record_batch_file
-from resources.layout import OUTBOX, BatchPaths, FilePaths, api_queue_key, batch_json_owner
+from batch_assets.lifecycle.listing import ensure_index, entry_id, entry_name, index_page
+from resources.layout import (
+    BATCH_INDEX,
+    OUTBOX,
+    BatchPaths,
+    FilePaths,
+    api_queue_key,
+    batch_json_owner,
+)
 from resources.storage import BatchStorage, ObjectInfo
 
 logger = logging.getLogger(__name__)
@@ -278,8 +286,12 @@ def read_batch_view(storage: BatchStorage, batch_id: str) -> BatchRecord:
 
 def update_batch(storage: BatchStorage, batch_id: str, **fields: Any) -> BatchRecord:
     """Set fields of the record other than its status (counts, usage, metadata, ...)."""
-    record = msgspec.structs.replace(read_batch(storage, batch_id), **_checked(fields))
+    before = read_batch(storage, batch_id)
+    record = msgspec.structs.replace(before, **_checked(fields))
     _write(storage, record)
+    if record.created_at != before.created_at:  # its place in the index moves with it
+        storage.write_bytes(f"{BATCH_INDEX}/{index_entry(record)}", b"")
+        storage.delete(f"{BATCH_INDEX}/{index_entry(before)}")
     return record
 
 
@@ -373,9 +385,12 @@ def register_batch(storage: BatchStorage, input_key: str, info: ObjectInfo | Non
         source = SourceRef(key=info.key, version=info.version, size=info.size)
         storage.write_bytes(paths.source, msgspec.json.encode(source))
     if not batch_exists(storage, batch_id):
-        file_id = record_batch_file(storage, batch_id, "input", input_key, info)
-        metadata = {"input": input_key, "outbox": paths.outbox}
-        _write(storage, _new_record(batch_id, file_id, metadata))
+        record = _new_record(batch_id, "", {"input": input_key, "outbox": paths.outbox})
+        record.input_file_id = record_batch_file(
+            storage, batch_id, "input", input_key, record.created_at, info
+        )
+        _write(storage, record)
+        storage.write_bytes(f"{BATCH_INDEX}/{index_entry(record)}", b"")
     return batch_id
 
 
@@ -399,6 +414,7 @@ def create_api_batch(
     storage.write_bytes(FilePaths(file.id).reader(batch_id), b"")
     record = _new_record(batch_id, file.id, metadata, endpoint)
     _write(storage, record)
+    storage.write_bytes(f"{BATCH_INDEX}/{index_entry(record)}", b"")
     if queued:
         entry = {"input_file_id": file.id, "queued_ns": time.time_ns()}  # first in, first out
         storage.write_json(api_queue_key(batch_id), entry)
@@ -415,6 +431,31 @@ def list_batches(storage: BatchStorage) -> list[BatchRecord]:
     ]
     found.sort(key=newest_first, reverse=True)
     return found
+
+
+def index_entry(record: BatchRecord) -> str:
+    """The batch's entry in the batches index: names sort newest first."""
+    return entry_name(record.created_at * 1000, record.id)
+
+
+def page_batches(
+    storage: BatchStorage, after: str | None, limit: int, newest_first: bool = True
+) -> tuple[list[BatchRecord], bool]:
+    """A page of the project's batches (as users see them) after the batch ``after``, and
+    whether more follow; a batch's record is never deleted, so ``after`` always has its place
+    (KeyError for an id that is no batch here)."""
+    ensure_index(storage, BATCH_INDEX, lambda: (index_entry(b) for b in list_batches(storage)))
+    start = None
+    if after is not None:
+        if not after.startswith("batch_") or "/" in after or not batch_exists(storage, after):
+            raise KeyError(after)
+        start = index_entry(read_batch(storage, after))
+
+    def load(name: str) -> BatchRecord | None:
+        batch_id = entry_id(name)
+        return read_batch_view(storage, batch_id) if batch_exists(storage, batch_id) else None
+
+    return index_page(storage, BATCH_INDEX, start, newest_first, limit, load)
 
 
 def newest_first(record: BatchRecord) -> tuple[int, str]:

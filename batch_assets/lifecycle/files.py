@@ -9,16 +9,19 @@ uploads get random ones.
 """
 
 import hashlib
+import secrets
+import string
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import msgspec
 
-from resources.layout import FILES, FilePaths, file_record_owner
+from batch_assets.lifecycle.listing import ensure_index, entry_id, entry_name, index_page
+from resources.layout import FILE_INDEX, FILES, FilePaths, file_record_owner
 from resources.storage import BatchStorage, ObjectInfo
 
+_HEX = frozenset(string.hexdigits.lower())
 Purpose = Literal["batch", "batch_output"]
 FileStatus = Literal["uploaded", "processed", "error"]
 
@@ -44,17 +47,71 @@ class FileRecord(msgspec.Struct, kw_only=True):
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
 
 
-def new_file_id() -> str:
-    return f"file-{uuid.uuid4().hex}"
+def new_file_id(now_ms: int | None = None) -> str:
+    """An upload's id: its creation time (so lists can page from it after it is deleted) and
+    72 random bits."""
+    ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    return f"file-{ms:012x}t{secrets.token_hex(9)}"
 
 
-def batch_file_id(batch_id: str, role: Literal["input", "output", "errors"]) -> str:
-    """The id of one of a batch's own files (its inbox input, its output, its errors)."""
-    return f"file-{hashlib.sha256(f'{batch_id}:{role}'.encode()).hexdigest()[:32]}"
+def batch_file_id(
+    batch_id: str, role: Literal["input", "output", "errors"], batch_created_at: int
+) -> str:
+    """The id of one of a batch's own files (its inbox input, its output, its errors): the
+    same for the same batch, and carrying the batch's creation time as an upload's does."""
+    digest = hashlib.sha256(f"{batch_id}:{role}".encode()).hexdigest()[:18]
+    return f"file-{batch_created_at * 1000:012x}t{digest}"
+
+
+def id_time_ms(file_id: str) -> int | None:
+    """The time an id carries; None for an id of an earlier version (random)."""
+    stamp = file_id[5:17]
+    if len(file_id) > 18 and file_id[17] == "t" and all(c in _HEX for c in stamp):
+        return int(stamp, 16)
+    return None
+
+
+def index_entry(record: FileRecord) -> str:
+    """The file's entry in the files index (its id's time; an earlier id: its created_at)."""
+    ms = id_time_ms(record.id)
+    return entry_name(ms if ms is not None else record.created_at * 1000, record.id)
 
 
 def write_file_record(storage: BatchStorage, record: FileRecord) -> None:
+    """Write the record, then its index entry (a listing never shows an entry without one)."""
     storage.write_bytes(FilePaths(record.id).record, msgspec.json.encode(record))
+    storage.write_bytes(f"{FILE_INDEX}/{index_entry(record)}", b"")
+
+
+def delete_index_entry(storage: BatchStorage, record: FileRecord) -> None:
+    storage.delete(f"{FILE_INDEX}/{index_entry(record)}")
+
+
+def page_file_records(
+    storage: BatchStorage,
+    after: str | None,
+    limit: int,
+    newest_first: bool,
+    keep: Callable[[FileRecord], bool],
+) -> tuple[list[FileRecord], bool]:
+    """A page of the project's files after the file ``after`` (raises KeyError for an id of
+    an earlier version that no longer exists), and whether more follow."""
+    ensure_index(storage, FILE_INDEX, lambda: (index_entry(r) for r in iter_file_records(storage)))
+    start = None
+    if after is not None:
+        ms = id_time_ms(after)
+        if ms is None:  # an earlier version's id: its time is in its record
+            known = read_file_record(storage, after)
+            if known is None:
+                raise KeyError(after)
+            ms = known.created_at * 1000
+        start = entry_name(ms, after)
+
+    def load(name: str) -> FileRecord | None:
+        record = read_file_record(storage, entry_id(name))
+        return record if record is not None and keep(record) else None
+
+    return index_page(storage, FILE_INDEX, start, newest_first, limit, load)
 
 
 def read_file_record(storage: BatchStorage, file_id: str) -> FileRecord | None:
@@ -89,11 +146,12 @@ def record_batch_file(
     batch_id: str,
     role: Literal["input", "output", "errors"],
     key: str,
+    batch_created_at: int,
     info: ObjectInfo | None = None,
     expires_at: int | None = None,
 ) -> str:
     """Give the stored file at ``key`` a record as one of the batch's files; its id."""
-    file_id = batch_file_id(batch_id, role)
+    file_id = batch_file_id(batch_id, role, batch_created_at)
     info = info or storage.stat(key)
     purpose: Purpose = "batch" if role == "input" else "batch_output"
     name = key.rsplit("/", 1)[-1] if role == "input" else f"{batch_id}_{role}.jsonl"

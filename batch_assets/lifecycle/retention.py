@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from batch_assets.lifecycle.batches import BatchRecord, batch_exists, list_batches, read_batch
-from batch_assets.lifecycle.files import FileRecord, iter_file_records
+from batch_assets.lifecycle.files import FileRecord, delete_index_entry, iter_file_records
 from resources.layout import BatchPaths, FilePaths
 from resources.storage import BatchStorage
 
@@ -55,10 +55,11 @@ def active_reader(storage: BatchStorage, file_id: str) -> BatchRecord | None:
 
 
 def delete_file(storage: BatchStorage, record: FileRecord, with_outbox_content: bool) -> None:
-    """Delete the file's record (first: it is gone even if the rest fails), its readers and
-    its bytes where they are its own (an upload's); a batch's output or error file's bytes
-    in the outbox go too when ``with_outbox_content``."""
+    """Delete the file's index entry and record (first: it is gone even if the rest fails),
+    its readers and its bytes where they are its own (an upload's); a batch's output or error
+    file's bytes in the outbox go too when ``with_outbox_content``."""
     paths = FilePaths(record.id)
+    delete_index_entry(storage, record)
     storage.delete(paths.record)
     if with_outbox_content or record.content.startswith(f"{paths.folder}/"):
         storage.delete(record.content)

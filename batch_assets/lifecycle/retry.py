@@ -20,13 +20,13 @@ import polars as pl
 
 from batch_assets.lifecycle.batches import (
     BatchRecord,
+    batch_exists,
     create_api_batch,
     read_batch,
     read_source,
 )
 from batch_assets.lifecycle.files import (
     FileRecord,
-    batch_file_id,
     new_file_id,
     read_file_record,
     write_file_record,
@@ -79,9 +79,10 @@ def batch_of_error_file(storage: BatchStorage, file_id: str) -> BatchRecord | No
     """The batch whose error file is ``file_id`` (None: no such error file here)."""
     record = read_file_record(storage, file_id)
     batch_id = errors_file_owner(record.content) if record else None
-    if batch_id is None or batch_file_id(batch_id, "errors") != file_id:
+    if batch_id is None or not batch_exists(storage, batch_id):
         return None
-    return read_batch(storage, batch_id)
+    batch = read_batch(storage, batch_id)
+    return batch if batch.error_file_id == file_id else None
 
 
 def plan_retry(storage: BatchStorage, original: BatchRecord) -> RetryPlan:
@@ -195,7 +196,7 @@ def create_retry_batch(
     file = _write_retry_input(storage, plan)
     retry = {
         "retry_of": original.id,
-        "retry_error_file_id": batch_file_id(original.id, "errors"),
+        "retry_error_file_id": original.error_file_id or "",
         "retry_lines": str(len(plan.custom_ids)),
         "retry_skipped": str(plan.skipped),
     }

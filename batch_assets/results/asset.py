@@ -195,7 +195,9 @@ def batch_results(context: dg.AssetExecutionContext, storage: BatchStorage) -> d
 
     # As OpenAI: a file id only for a file with lines (both files are in the outbox anyway).
     def file_id(role: Literal["output", "errors"], key: str, lines: int) -> str | None:
-        return record_batch_file(storage, batch_id, role, key, None, expires_at) if lines else None
+        if not lines:
+            return None
+        return record_batch_file(storage, batch_id, role, key, batch.created_at, None, expires_at)
 
     final = transition(
         storage,
