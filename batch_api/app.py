@@ -29,7 +29,7 @@ async def _request_id(request: Request, call_next: Any) -> Response:
 
 
 def create_app(settings: APISettings) -> FastAPI:
-    app = FastAPI(title="dagster-vllm-batch", docs_url=None, redoc_url=None)
+    app = FastAPI(title="dagster-vllm-batch", redoc_url=None)
     app.state.settings = settings
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

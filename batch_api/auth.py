@@ -9,7 +9,7 @@ server), every request reaches the root.
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from batch_api.errors import APIError
@@ -36,8 +36,7 @@ def authenticate(
     settings: Annotated[APISettings, Depends(settings_of)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     x_api_key: Annotated[str | None, Depends(_api_key_header)],
-    x_project_id: Annotated[str | None, Header()] = None,
-    openai_project: Annotated[str | None, Header()] = None,
+    request: Request,
 ) -> Tenant:
     if settings.keys.empty:
         return Tenant(None, settings.storage)
@@ -47,7 +46,9 @@ def authenticate(
     found, project = settings.keys.project_of(key)
     if not found:
         raise APIError(401, "Incorrect API key provided.", "invalid_api_key")
-    for asked in (openai_project, x_project_id):
+    # Not declared as parameters: they are not credentials, and one that is given must be
+    # the key's own project (which a document cannot state).
+    for asked in (request.headers.get("openai-project"), request.headers.get("x-project-id")):
         if asked is not None and asked != (project or ""):
             raise APIError(
                 401, "The project in the request does not match the API key's.", "invalid_project"

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from batch_api.auth import Tenant
-from batch_api.errors import APIError, bad_request
+from batch_api.errors import APIError
 from resources.layout import idempotency_key
 
 
@@ -22,7 +22,9 @@ def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 
 def unknown_cursor(after: str) -> APIError:
-    return bad_request(f"after: no object {after!r} in this list", "after")
+    """A cursor naming no object of the list (one deleted since keeps its place, but an id
+    of an earlier version carries no place of its own)."""
+    return APIError(404, f"after: no object {after!r} in this list", "cursor_not_found", "after")
 
 
 def remembered(t: Tenant, route: str, key: str | None) -> tuple[str | None, JSONResponse | None]:

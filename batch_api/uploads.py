@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING
 
 import msgspec
 from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ from resources.storage import BatchStorage
 
 MAX_FIELD_BYTES = 64 << 10  # a non-file form field
 MAX_CHECKED_LINE = 4 << 20  # the input step's default line limit
+FORM_FIELDS = frozenset({"purpose", "expires_after[anchor]", "expires_after[seconds]"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -215,7 +217,9 @@ class _FormReader:
             raise bad_request(f"form field {self._name!r} is too long", None)
 
     def on_part_end(self) -> None:
-        if not self._is_file and self._name:
+        if not self._is_file and self._name in FORM_FIELDS:  # others are ignored, as OpenAI
+            if self._name in self.form.fields:  # which one would count is anyone's guess
+                raise bad_request(f"form field {self._name!r} is given more than once", self._name)
             self.form.fields[self._name] = self._value.decode("utf-8", "replace")
 
     def on_end(self) -> None:
@@ -241,9 +245,12 @@ def stream_upload(
     with ExitStack() as stack:
         reader = _FormReader(stack, storage, key, max_file_bytes)
         parser = MultipartParser(boundary, reader.callbacks())
-        while (chunk := pull()) is not None:
-            parser.write(chunk)
-        parser.finalize()
+        try:
+            while (chunk := pull()) is not None:
+                parser.write(chunk)
+            parser.finalize()
+        except MultipartParseError as error:
+            raise bad_request(f"the multipart body is malformed: {error}", "file") from None
         if not reader.ended:
             raise bad_request("the upload was cut off before its end", "file", "incomplete_upload")
         if reader.writer is None:

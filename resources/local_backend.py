@@ -130,8 +130,9 @@ _SETTLED_NS = 1_000_000_000
 
 
 def _sorted_names(folder: Path) -> list[str]:
-    """The folder's file names, sorted; reused while the folder's mtime is unchanged (a name
-    added or removed changes it), so a page of a large folder costs a bisect, not a sort."""
+    """The folder's names (an index holds files only), sorted; reused while the folder's
+    mtime is unchanged (a name added or removed changes it), so a page of a large folder costs
+    a bisect, not a sort."""
     try:
         mtime = folder.stat().st_mtime_ns
     except FileNotFoundError:
@@ -141,11 +142,7 @@ def _sorted_names(folder: Path) -> list[str]:
         return known[1]
     settled = time.time_ns() - mtime > _SETTLED_NS  # a later change in the same clock tick
     # as the listing would leave the mtime as it is: only an mtime that old is trusted
-    names = sorted(
-        entry.name
-        for entry in os.scandir(folder)
-        if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
-    )
+    names = sorted(name for name in os.listdir(folder) if not name.startswith("."))
     if settled:
         if len(_LISTINGS) >= _MAX_LISTINGS:
             _LISTINGS.clear()

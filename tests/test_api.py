@@ -317,8 +317,9 @@ def test_lists_page_with_the_sdk_newest_first(api, storage):
     assert listed == [b.id for b in reversed(batches)]
     files_listed = [f.id for f in sdk.files.list(limit=2, order="asc")]
     assert sorted(files_listed) == sorted(f.id for f in files) and len(files_listed) == 5
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.NotFoundError) as unknown:
         sdk.batches.list(after="batch_unknown")
+    assert unknown.value.body["param"] == "after"
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])

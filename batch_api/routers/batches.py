@@ -6,14 +6,15 @@ launches its run, and its status is read from its record.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from openai.types import Batch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from batch_api.auth import Auth, Tenant
 from batch_api.errors import APIError, bad_request, not_found
 from batch_api.lists import page, remembered, unknown_cursor
+from batch_api.schemas import BatchList, errors
 from batch_assets.lifecycle.batches import (
     BatchRecord,
     BatchStatus,
@@ -34,11 +35,30 @@ router = APIRouter(tags=["Batch API"])
 
 
 class CreateBatch(BaseModel):
+    """``batches.create``'s body. The document states the values accepted; the route checks
+    them itself, so that a refusal names its field as OpenAI's does."""
+
     input_file_id: str
-    endpoint: str
-    completion_window: str
-    metadata: dict[str, str] | None = None
-    output_expires_after: dict[str, Any] | None = None
+    endpoint: str = Field(json_schema_extra={"enum": list(SUPPORTED_URLS)})
+    completion_window: str = Field(json_schema_extra={"enum": ["24h"]})
+    metadata: dict[str, str] | None = Field(
+        default=None,
+        json_schema_extra={
+            "maxProperties": MAX_METADATA_PAIRS,
+            "propertyNames": {"maxLength": MAX_METADATA_KEY},
+            "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+        },
+    )
+    output_expires_after: dict[str, Any] | None = Field(
+        default=None,
+        json_schema_extra={
+            "required": ["anchor", "seconds"],
+            "properties": {
+                "anchor": {"type": "string", "enum": ["created_at"]},
+                "seconds": {"type": "integer", "minimum": MIN_EXPIRY_S, "maximum": MAX_EXPIRY_S},
+            },
+        },
+    )
 
 
 def batch_body(batch: BatchRecord) -> dict[str, Any]:
@@ -85,6 +105,8 @@ def _output_retention(body: CreateBatch) -> int | None:
             "output_expires_after.anchor: must be 'created_at'", "output_expires_after.anchor"
         )
     seconds = after.get("seconds")
+    if isinstance(seconds, float) and seconds.is_integer():  # 7200.0 is an integer in JSON
+        seconds = int(seconds)
     if not isinstance(seconds, int) or not MIN_EXPIRY_S <= seconds <= MAX_EXPIRY_S:
         raise bad_request(
             f"output_expires_after.seconds: between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}",
@@ -106,13 +128,11 @@ def _retry(t: Tenant, original: BatchRecord, body: CreateBatch) -> BatchRecord:
         raise bad_request(f"input_file_id: {refused}", "input_file_id") from None
 
 
-@router.post("/v1/batches")
-def create_batch(
-    body: CreateBatch,
-    t: Auth,
-    idempotency_key_header: Annotated[str | None, Header(alias="idempotency-key")] = None,
-) -> JSONResponse:
-    stored, answer = remembered(t, "POST /v1/batches", idempotency_key_header)
+@router.post("/v1/batches", response_model=None, responses={200: {"model": Batch}, **errors(404)})
+def create_batch(body: CreateBatch, t: Auth, request: Request) -> JSONResponse:
+    # Idempotency-Key (what the SDK's retries send) is read here, not declared: a transport
+    # header of the SDK, not a parameter of OpenAI's API.
+    stored, answer = remembered(t, "POST /v1/batches", request.headers.get("idempotency-key"))
     if answer is not None:
         return answer
     _check_request(body)
@@ -138,7 +158,9 @@ def create_batch(
     return JSONResponse(answer_body)
 
 
-@router.get("/v1/batches")
+@router.get(
+    "/v1/batches", response_model=None, responses={200: {"model": BatchList}, **errors(404)}
+)
 def list_all_batches(
     t: Auth,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -160,12 +182,18 @@ def existing_batch(t: Tenant, batch_id: str) -> BatchRecord:
     return read_batch_view(t.storage, batch_id)
 
 
-@router.get("/v1/batches/{batch_id}")
+@router.get(
+    "/v1/batches/{batch_id}", response_model=None, responses={200: {"model": Batch}, **errors(404)}
+)
 def get_batch(batch_id: str, t: Auth) -> dict[str, Any]:
     return batch_body(existing_batch(t, batch_id))
 
 
-@router.post("/v1/batches/{batch_id}/cancel")
+@router.post(
+    "/v1/batches/{batch_id}/cancel",
+    response_model=None,
+    responses={200: {"model": Batch}, **errors(404, 409)},
+)
 def cancel_batch(batch_id: str, t: Auth) -> dict[str, Any]:
     batch = existing_batch(t, batch_id)
     if batch.status.ended and batch.status is not BatchStatus.CANCELLED:

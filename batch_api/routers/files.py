@@ -1,5 +1,6 @@
 """``/v1/files``: upload, list, retrieve, download and delete files, as OpenAI's Files API."""
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -7,7 +8,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from openai.types import FileDeleted, FileObject
@@ -15,6 +16,7 @@ from openai.types import FileDeleted, FileObject
 from batch_api.auth import Auth, Tenant, settings_of
 from batch_api.errors import APIError, bad_request, not_found
 from batch_api.lists import page, remembered, unknown_cursor
+from batch_api.schemas import FILE_CONTENT, UPLOAD_BODY, FileList, errors
 from batch_api.settings import APISettings
 from batch_api.uploads import stream_upload
 from batch_assets.lifecycle.files import (
@@ -45,15 +47,19 @@ def live_file(t: Tenant, file_id: str) -> FileRecord:
     return record
 
 
-@router.post("/v1/files")
+@router.post(
+    "/v1/files",
+    response_model=None,
+    responses={200: {"model": FileObject}, **errors(413)},
+    openapi_extra=UPLOAD_BODY,
+)
 async def create_file(
     request: Request,
     t: Auth,
     settings: Annotated[APISettings, Depends(settings_of)],
-    idempotency_key_header: Annotated[str | None, Header(alias="idempotency-key")] = None,
 ) -> JSONResponse:
     stored, answer = await run_in_threadpool(
-        remembered, t, "POST /v1/files", idempotency_key_header
+        remembered, t, "POST /v1/files", request.headers.get("idempotency-key")
     )
     if answer is not None:
         return answer
@@ -95,7 +101,7 @@ async def create_file(
     return JSONResponse(answer_body)
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", response_model=None, responses={200: {"model": FileList}, **errors(404)})
 def list_files(
     t: Auth,
     purpose: str | None = None,
@@ -115,12 +121,18 @@ def list_files(
     return page([file_body(r) for r in records], more)
 
 
-@router.get("/v1/files/{file_id}")
+@router.get(
+    "/v1/files/{file_id}",
+    response_model=None,
+    responses={200: {"model": FileObject}, **errors(404)},
+)
 def get_file(file_id: str, t: Auth) -> dict[str, Any]:
     return file_body(live_file(t, file_id))
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get(
+    "/v1/files/{file_id}/content", response_model=None, responses={**FILE_CONTENT, **errors(404)}
+)
 def file_content(file_id: str, t: Auth) -> StreamingResponse:
     record = live_file(t, file_id)
     if not t.storage.exists(record.content):
@@ -138,7 +150,11 @@ def file_content(file_id: str, t: Auth) -> StreamingResponse:
     )
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete(
+    "/v1/files/{file_id}",
+    response_model=None,
+    responses={200: {"model": FileDeleted}, **errors(404, 409)},
+)
 def delete_file(file_id: str, t: Auth) -> dict[str, Any]:
     record = live_file(t, file_id)
     if (reader := active_reader(t.storage, file_id)) is not None:
@@ -161,10 +177,7 @@ def _expiry(fields: dict[str, str], created: int) -> int | None:
         return None
     if anchor != "created_at":
         raise bad_request("expires_after[anchor]: must be 'created_at'", "expires_after[anchor]")
-    try:
-        value = int(seconds or "")
-    except ValueError:
-        value = -1
+    value = int(seconds) if seconds and re.fullmatch("[0-9]{1,9}", seconds) else -1
     if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
         raise bad_request(
             f"expires_after[seconds]: between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}",
