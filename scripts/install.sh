@@ -8,6 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${EXTRA:-cpu}"
 PYTHON="${PYTHON:-python3}"
+# The Node SDK's test client (tests/test_node_sdk.py): the official openai npm package, pinned
+# by tests/node/package-lock.json. Without node and npm the test is skipped with the reason.
+if command -v npm >/dev/null && [ ! -d tests/node/node_modules/openai ]; then
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error \
+    || echo "npm ci failed: the Node SDK test will be skipped" >&2
+fi
 stamp=".venv/.installed-$EXTRA-$(sha256sum pyproject.toml | cut -c1-12)"
 if [ -f "$stamp" ]; then
   exit 0
