@@ -42,9 +42,11 @@ from resources.layout import FILE_INDEX, FilePaths
 from resources.storage import BatchStorage
 
 
-def _fill(storage: BatchStorage, count: int) -> float:
-    """``count`` upload records, one millisecond apart; the seconds it took."""
+def _fill(storage: BatchStorage, count: int) -> tuple[float, str]:
+    """``count`` upload records, one millisecond apart; the seconds it took, and the id in the
+    middle of the list."""
     started = time.perf_counter()
+    middle = ""
     base_ms = time.time_ns() // 1_000_000 - count
     for k in range(count):
         file_id = new_file_id(base_ms + k)
@@ -58,7 +60,9 @@ def _fill(storage: BatchStorage, count: int) -> float:
             content=FilePaths(file_id).content,
         )
         write_file_record(storage, record)
-    return time.perf_counter() - started
+        if k == count // 2:
+            middle = file_id
+    return time.perf_counter() - started, middle
 
 
 def _index_earlier_records(storage: BatchStorage) -> float:
@@ -93,14 +97,13 @@ def _timed(call: Callable[[], Any]) -> float:
 
 
 def measure(storage: BatchStorage, root_env: dict[str, str], count: int) -> dict[str, Any]:
-    fill_s = _fill(storage, count)
+    fill_s, middle_id = _fill(storage, count)
     index_s = _index_earlier_records(storage)
     process, base = _serve(root_env)
     try:
         sdk = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
         first_s = _timed(lambda: sdk.files.list(limit=20))
         pages = [_timed(lambda: sdk.files.list(limit=20)) for _ in range(20)]
-        middle_id = sdk.files.list(limit=count // 2).data[-1].id
         deep = [_timed(lambda: sdk.files.list(limit=20, after=middle_id)) for _ in range(20)]
         started = time.perf_counter()
         seen = sum(1 for _ in sdk.files.list(limit=100))

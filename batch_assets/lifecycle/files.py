@@ -118,10 +118,8 @@ def read_file_record(storage: BatchStorage, file_id: str) -> FileRecord | None:
     """The file's record, or None for an unknown id (or one that is not an id at all)."""
     if not file_id.startswith("file-") or "/" in file_id:
         return None
-    key = FilePaths(file_id).record
-    if not storage.exists(key):
-        return None
-    return msgspec.json.decode(storage.read_bytes(key), type=FileRecord)
+    raw = storage.read_optional(FilePaths(file_id).record)  # one request on S3, not two
+    return None if raw is None else msgspec.json.decode(raw, type=FileRecord)
 
 
 def iter_file_records(storage: BatchStorage) -> Iterator[FileRecord]:
