@@ -90,6 +90,14 @@ def read_chat_template(model_dir: Path) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def fill(pieces: list[str], texts: list[str]) -> str:
+    """A prompt of plain messages: the template's pieces with the messages' texts between."""
+    out = [pieces[0]]
+    for text, after in zip(texts, pieces[1:], strict=True):
+        out += (text, after)
+    return "".join(out)
+
+
 class _Probe(str):
     """A stand-in text that notes any use of it other than being output or concatenated."""
 
@@ -158,10 +166,7 @@ class ChatTemplate:
         if plain:
             pieces = self.pieces(tuple((m["role"], bool(m["content"])) for m in messages))
             if pieces is not None:
-                out = [pieces[0]]
-                for message, after in zip(messages, pieces[1:], strict=True):
-                    out += (message["content"], after)
-                return "".join(out)
+                return fill(pieces, [m["content"] for m in messages])
         return self._render(
             messages,
             add_generation_prompt=add_generation_prompt,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resources.chat_prompt import ChatTemplate, Uncountable, read_chat_template
+from resources.chat_prompt import ChatTemplate, Uncountable, fill, read_chat_template
 from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
 from resources.token_count import TokenCounter
 
@@ -120,9 +120,7 @@ class PromptCounter:
                 for recipe in plan.segments
             )
         if self.tokens.due():
-            whole = "".join(
-                p + (texts[k] if k < len(texts) else "") for k, p in enumerate(plan.pieces)
-            )
+            whole = fill(plan.pieces, texts)
             prompt = self.tokens.verify(whole, prompt)
         return self._chat_line(prompt, asked, n)
 

@@ -11,6 +11,7 @@ from batch_assets.lifecycle.batches import (
     fail_batch,
     read_batch,
     read_source,
+    source_unchanged,
     update_batch,
 )
 from batch_assets.lifecycle.files import set_file_status
@@ -55,7 +56,7 @@ def batch_input(
         if manifest.source == source:
             context.log.info("batch %s already validated; reusing its shards", batch_id)
             return _result(manifest, storage, paths, engine, reused=True)
-    if not storage.exists(source.key) or storage.stat(source.key).version != source.version:
+    if not source_unchanged(storage, source):
         fail_batch(
             storage,
             batch_id,

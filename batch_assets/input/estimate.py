@@ -79,9 +79,9 @@ class LineEstimator:
                     return counted
         try:
             return self.counter.count(url, msgspec.json.decode(raw_body))
+        except Uncountable:
+            raise
         except (KeyError, TypeError, ValueError) as error:
-            if isinstance(error, Uncountable):
-                raise
             raise Uncountable(f"a body the counter cannot read: {error!r}") from error
 
     def finish(self) -> TokenEstimate:
@@ -97,13 +97,9 @@ def _duration(seconds: float) -> str:
 
 
 def eta_of(estimate: TokenEstimate | None, requests: int, runs: list[RunRate]) -> Eta | None:
-    counted = estimate is not None and estimate.counted_lines == requests
-    return estimate_eta(
-        runs,
-        requests,
-        estimate.prompt_tokens if counted and estimate else None,
-        estimate.max_output_tokens if counted and estimate else None,
-    )
+    if estimate is None or estimate.counted_lines != requests:  # no token figure for all
+        return estimate_eta(runs, requests, None, None)
+    return estimate_eta(runs, requests, estimate.prompt_tokens, estimate.max_output_tokens)
 
 
 def eta_text(eta: Eta | None, model: str) -> str:

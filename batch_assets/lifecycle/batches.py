@@ -290,8 +290,8 @@ def update_batch(storage: BatchStorage, batch_id: str, **fields: Any) -> BatchRe
     record = msgspec.structs.replace(before, **_checked(fields))
     _write(storage, record)
     if record.created_at != before.created_at:  # its place in the index moves with it
-        storage.write_bytes(f"{BATCH_INDEX}/{index_entry(record)}", b"")
-        storage.delete(f"{BATCH_INDEX}/{index_entry(before)}")
+        storage.write_bytes(_index_key(record), b"")
+        storage.delete(_index_key(before))
     return record
 
 
@@ -349,6 +349,14 @@ class SourceRef(msgspec.Struct, frozen=True):
     size: int
 
 
+def source_unchanged(storage: BatchStorage, source: SourceRef) -> bool:
+    """Whether the object a batch was made from is still there, as it was registered."""
+    try:
+        return storage.stat(source.key).version == source.version
+    except FileNotFoundError:
+        return False
+
+
 def read_source(storage: BatchStorage, paths: BatchPaths) -> SourceRef:
     return msgspec.json.decode(storage.read_bytes(paths.source), type=SourceRef)
 
@@ -390,7 +398,7 @@ def register_batch(storage: BatchStorage, input_key: str, info: ObjectInfo | Non
             storage, batch_id, "input", input_key, record.created_at, info
         )
         _write(storage, record)
-        storage.write_bytes(f"{BATCH_INDEX}/{index_entry(record)}", b"")
+        storage.write_bytes(_index_key(record), b"")
     return batch_id
 
 
@@ -414,7 +422,7 @@ def create_api_batch(
     storage.write_bytes(FilePaths(file.id).reader(batch_id), b"")
     record = _new_record(batch_id, file.id, metadata, endpoint)
     _write(storage, record)
-    storage.write_bytes(f"{BATCH_INDEX}/{index_entry(record)}", b"")
+    storage.write_bytes(_index_key(record), b"")
     if queued:
         entry = {"input_file_id": file.id, "queued_ns": time.time_ns()}  # first in, first out
         storage.write_json(api_queue_key(batch_id), entry)
@@ -436,6 +444,10 @@ def list_batches(storage: BatchStorage) -> list[BatchRecord]:
 def index_entry(record: BatchRecord) -> str:
     """The batch's entry in the batches index: names sort newest first."""
     return entry_name(record.created_at * 1000, record.id)
+
+
+def _index_key(record: BatchRecord) -> str:
+    return f"{BATCH_INDEX}/{index_entry(record)}"
 
 
 def page_batches(

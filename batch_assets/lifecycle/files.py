@@ -77,14 +77,18 @@ def index_entry(record: FileRecord) -> str:
     return entry_name(ms if ms is not None else record.created_at * 1000, record.id)
 
 
+def _index_key(record: FileRecord) -> str:
+    return f"{FILE_INDEX}/{index_entry(record)}"
+
+
 def write_file_record(storage: BatchStorage, record: FileRecord) -> None:
     """Write the record, then its index entry (a listing never shows an entry without one)."""
     storage.write_bytes(FilePaths(record.id).record, msgspec.json.encode(record))
-    storage.write_bytes(f"{FILE_INDEX}/{index_entry(record)}", b"")
+    storage.write_bytes(_index_key(record), b"")
 
 
 def delete_index_entry(storage: BatchStorage, record: FileRecord) -> None:
-    storage.delete(f"{FILE_INDEX}/{index_entry(record)}")
+    storage.delete(_index_key(record))
 
 
 def page_file_records(

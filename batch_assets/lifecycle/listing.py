@@ -9,7 +9,7 @@ object it names is deleted, as long as the key can be told from the id alone (se
 came before it (marked by :data:`INDEX_BUILT` in its folder); afterwards each writer keeps it.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import TypeVar
@@ -56,14 +56,22 @@ def index_page(
         for name in storage.list_names(folder, after, reverse=not newest_first)
         if not name.startswith(".")
     )
-    found: list[T] = []
     # On S3 each record is a request of its own, bound by latency: read a page's at once. A
     # local read is quicker than handing it to a thread.
-    with ThreadPoolExecutor(1 if storage.is_local else READERS) as pool:
-        while len(found) <= limit:
-            chunk = list(islice(names, limit + 1 - len(found)))
-            if not chunk:
-                break
-            loaded = map(load, chunk) if storage.is_local else pool.map(load, chunk)
-            found += [item for item in loaded if item is not None]
+    if storage.is_local:
+        return _collect(names, limit, lambda chunk: map(load, chunk))
+    with ThreadPoolExecutor(READERS) as pool:
+        return _collect(names, limit, lambda chunk: pool.map(load, chunk))
+
+
+def _collect(
+    names: Iterator[str], limit: int, load_all: Callable[[list[str]], Iterable[T | None]]
+) -> tuple[list[T], bool]:
+    """The first ``limit`` items the names give (reading one more to know if more follow)."""
+    found: list[T] = []
+    while len(found) <= limit:
+        chunk = list(islice(names, limit + 1 - len(found)))
+        if not chunk:
+            break
+        found += [item for item in load_all(chunk) if item is not None]
     return found[:limit], len(found) > limit

@@ -20,10 +20,12 @@ import polars as pl
 
 from batch_assets.lifecycle.batches import (
     BatchRecord,
+    SourceRef,
     batch_exists,
     create_api_batch,
     read_batch,
     read_source,
+    source_unchanged,
 )
 from batch_assets.lifecycle.files import (
     FileRecord,
@@ -120,10 +122,15 @@ def _write_retry_input(storage: BatchStorage, plan: RetryPlan) -> FileRecord:
     paths = BatchPaths(plan.original.id)
     source = read_source(storage, paths)
     shards = [info.key for info in storage.list(paths.shards)]
-    unchanged = storage.exists(source.key) and storage.stat(source.key).version == source.version
+    from_input = source_unchanged(storage, source)
+    if not from_input and not shards:
+        raise RetryRefused(
+            f"the requests of batch {plan.original.id} are gone: its work area was removed "
+            f"(retention) and its input ({source.key}) was removed or replaced"
+        )
     with storage.open_write(key) as out:
-        if unchanged or not shards:
-            _write_from_input(storage, plan, out)
+        if from_input:
+            _write_from_input(storage, source, plan, out)
         else:
             _write_from_shards(storage, shards, plan, out)
     record = FileRecord(
@@ -156,14 +163,10 @@ def _write_from_shards(
             out.write(line.encode())
 
 
-def _write_from_input(storage: BatchStorage, plan: RetryPlan, out: IO[bytes]) -> None:
+def _write_from_input(
+    storage: BatchStorage, source: SourceRef, plan: RetryPlan, out: IO[bytes]
+) -> None:
     """The original input's own lines of the retried requests (first of each custom_id)."""
-    source = read_source(storage, BatchPaths(plan.original.id))
-    if not storage.exists(source.key) or storage.stat(source.key).version != source.version:
-        raise RetryRefused(
-            f"the requests of batch {plan.original.id} are gone: its work area was removed "
-            f"(retention) and its input ({source.key}) was removed or replaced"
-        )
     wanted = set(plan.custom_ids)
     try:
         with open_input(storage, source.key, _MAX_FILE_BYTES) as lines:
