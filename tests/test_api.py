@@ -188,6 +188,25 @@ def test_wait_for_processing_returns_at_once_and_an_invalid_file_is_an_error(api
         assert waited.status_details is not None and waited.status_details.startswith(reason)
 
 
+def test_a_malformed_multipart_body_or_a_field_given_twice_is_400_and_leaves_nothing(api, storage):
+    form = {"content-type": "multipart/form-data; boundary=b"}
+    garbage = b"--b\r\n\xc3\x99<]\xf3\xbb--b--\r\n"
+    twice = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        b"{}\n\r\n--b--\r\n"
+    )
+    with httpx.Client(base_url=api) as http:
+        answers = [http.post("/files", content=body, headers=form) for body in (garbage, twice)]
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    assert "malformed" in answers[0].json()["error"]["message"]
+    assert answers[1].json()["error"]["param"] == "purpose"
+    assert _stored_keys(storage) == []
+
+
 def test_file_names_with_quotes_or_only_an_rfc5987_name_are_kept(api):
     sdk = client(api)
     assert upload(sdk, b"{}\n", name='say "hi".jsonl').filename == 'say "hi".jsonl'
