@@ -24,6 +24,7 @@ from batch_assets.input.estimate import LineEstimator
 from batch_assets.input.validation import Limits, validate_input
 from benchmarks.settings import TINY_MODEL
 from benchmarks.workloads import CHAT_URL, CPU_WORKLOADS, bodies, write_jsonl
+from resources.engines.base import ServedNames
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
@@ -40,13 +41,21 @@ def measure(requests: int, repeats: int, workload_name: str) -> dict[str, Any]:
         for _ in range(repeats):
             gc.collect()
             started = time.perf_counter()
-            validate_input(storage, "in.jsonl", BatchPaths("batch_a"), {MODEL}, limits)
+            validate_input(
+                storage, "in.jsonl", BatchPaths("batch_a"), ServedNames((MODEL,)), limits
+            )
             plain.append(time.perf_counter() - started)
             gc.collect()
             started = time.perf_counter()
             estimator = LineEstimator(str(TINY_MODEL), None)
             report = validate_input(
-                storage, "in.jsonl", BatchPaths("batch_b"), {MODEL}, limits, None, estimator
+                storage,
+                "in.jsonl",
+                BatchPaths("batch_b"),
+                ServedNames((MODEL,)),
+                limits,
+                None,
+                estimator,
             )
             counted.append(time.perf_counter() - started)
             estimate = report.estimate

@@ -133,6 +133,7 @@ class Bench:
         """Validate the file into shards: prefix ordering on (the default) and, if asked, off."""
         from batch_assets.input.validation import Limits, save_manifest, validate_input
         from batch_assets.lifecycle.batches import SourceRef
+        from resources.engines.base import ServedNames
 
         info = self.storage.stat(UPLOAD_KEY)
         source = SourceRef(key=UPLOAD_KEY, version=info.version, size=info.size)
@@ -140,7 +141,9 @@ class Bench:
         for side, paths in self.paths.items():
             limits = Limits(4 << 20, 10_000_000, 1 << 40, order_by_prefix=side == "phase")
             started = time.perf_counter()
-            report = validate_input(self.storage, UPLOAD_KEY, paths, {self.served}, limits)
+            report = validate_input(
+                self.storage, UPLOAD_KEY, paths, ServedNames((self.served,)), limits
+            )
             seconds = time.perf_counter() - started
             assert report.valid == self.n and report.invalid == 0, (side, report)
             manifest = save_manifest(self.storage, paths, source, report)

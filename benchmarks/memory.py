@@ -57,6 +57,7 @@ def child(root: str, key: str, served: str) -> dict[str, Any]:
     """Validate ``key`` into shards under ``root``; this process's figures."""
     from batch_assets.input.validation import Limits, validate_input
     from batch_assets.lifecycle.batches import BatchPaths
+    from resources.engines.base import ServedNames
     from resources.storage import BatchStorage
 
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -64,7 +65,9 @@ def child(root: str, key: str, served: str) -> dict[str, Any]:
     size = storage.stat(key).size
     limits = Limits(4 << 20, 10_000_000, 8 << 30)
     started = time.perf_counter()
-    report = validate_input(storage, key, BatchPaths("batch_memory"), {served}, limits)
+    report = validate_input(
+        storage, key, BatchPaths("batch_memory"), ServedNames((served,)), limits
+    )
     seconds = time.perf_counter() - started
     assert report.invalid == 0 and report.valid == report.lines, report
     return {

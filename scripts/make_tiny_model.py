@@ -2,7 +2,9 @@
 
 The model is for tests and the demo: it is small (a few MB), builds in seconds, and its
 greedy output is non-empty and depends on the prompt (special tokens are suppressed in
-the output head, see ../shared/STACK.md). Usage: ``python scripts/make_tiny_model.py DIR``.
+the output head, see ../shared/STACK.md). Usage: ``python scripts/make_tiny_model.py DIR``;
+``--lora DIR`` also writes a tiny LoRA adapter of the model (PEFT's layout, made without PEFT)
+whose greedy answers differ from the base model's.
 """
 
 import argparse
@@ -112,6 +114,53 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+# The adapter: rank 8 on every attention projection, as PEFT writes one.
+LORA_RANK = 8
+LORA_CONFIG = {
+    "r": LORA_RANK,
+    "lora_alpha": 2 * LORA_RANK,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "bias": "none",
+    "peft_type": "LORA",
+    "task_type": "CAUSAL_LM",
+}
+
+
+def build_lora(model_dir: Path, out_dir: Path, seed: int = 1) -> Path:
+    """Write a random rank-8 LoRA adapter of the model in ``model_dir`` to ``out_dir``.
+
+    Both factors are random (PEFT starts B at zero, which would change nothing), large
+    enough that greedy answers differ from the base model's.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads((model_dir / "config.json").read_text())
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    outputs = {
+        "q_proj": heads * head_dim,
+        "k_proj": config["num_key_value_heads"] * head_dim,
+        "v_proj": config["num_key_value_heads"] * head_dim,
+        "o_proj": hidden,
+    }
+    inputs = {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden, "o_proj": heads * head_dim}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for name, width in outputs.items():
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            a = torch.randn(LORA_RANK, inputs[name], generator=generator) * 0.5
+            b = torch.randn(width, LORA_RANK, generator=generator) * 0.5
+            tensors[f"{prefix}.lora_A.weight"] = a.contiguous()
+            tensors[f"{prefix}.lora_B.weight"] = b.contiguous()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    lora_config = {**LORA_CONFIG, "base_model_name_or_path": str(model_dir)}
+    (out_dir / "adapter_config.json").write_text(json.dumps(lora_config, indent=1))
+    return out_dir
+
+
 def _version(out_dir: Path) -> int:
     try:
         return int(json.loads((out_dir / "README.md").read_text()).get("version", 1))
@@ -131,12 +180,15 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    parser.add_argument("--lora", type=Path, metavar="DIR", help="also write a LoRA adapter here")
     args = parser.parse_args()
     if args.force:
         build(args.out_dir, args.seed)
     else:
         ensure(args.out_dir)
     print(args.out_dir)
+    if args.lora is not None:
+        print(build_lora(args.out_dir, args.lora))
 
 
 if __name__ == "__main__":

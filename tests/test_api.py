@@ -21,6 +21,7 @@ from batch_api.server import ServeRefused, check_settings
 from batch_assets.input.validation import Limits, save_manifest, validate_input
 from batch_assets.lifecycle.batches import read_source, register_batch, update_batch
 from batch_assets.lifecycle.files import read_file_record, record_batch_file
+from resources.engines.base import ServedNames
 from resources.layout import FILES, BatchPaths, FilePaths
 from resources.storage import BatchStorage
 from tests.api_server import api_server
@@ -429,7 +430,7 @@ def test_once_its_batch_has_validated_a_cancelled_batchs_input_can_be_deleted(ap
     paths = BatchPaths(batch.id)
     source = read_source(storage, paths)
     limits = Limits(1 << 20, 100, 1 << 30)
-    report = validate_input(storage, source.key, paths, {MODEL_NAME}, limits, CHAT)
+    report = validate_input(storage, source.key, paths, ServedNames((MODEL_NAME,)), limits, CHAT)
     save_manifest(storage, paths, source, report)
     before = sdk.batches.retrieve(batch.id)
     assert sdk.files.delete(file.id).deleted

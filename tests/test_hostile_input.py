@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from batch_assets.input.validation import Limits, validate_input
+from resources.engines.base import ServedNames
 from resources.layout import BatchPaths
 from resources.lines import FileRejected
 from resources.storage import BatchStorage, ObjectInfo, UnsafeKeyError
@@ -105,7 +106,9 @@ def test_a_hundred_thousand_duplicate_custom_ids_keep_the_first(tmp_path):
     storage = BatchStorage(root=str(tmp_path))
     storage.write_bytes("inbox/f.jsonl", ("\n".join([line] * 100_000) + "\n").encode())
     limits = Limits(1 << 20, 1_000_000, 1 << 30)
-    report = validate_input(storage, "inbox/f.jsonl", BatchPaths("b"), {MODEL_NAME}, limits)
+    report = validate_input(
+        storage, "inbox/f.jsonl", BatchPaths("b"), ServedNames((MODEL_NAME,)), limits
+    )
     assert (report.valid, report.invalid) == (1, 99_999)
     assert report.error_codes == {"duplicate_custom_id": 99_999}
 
@@ -177,5 +180,7 @@ def test_a_file_rejected_as_a_whole_says_why(tmp_path):
     storage.write_bytes("inbox/f.jsonl", gzip.compress(b"\x00\x01\x02\x03" * 5000))
     limits = Limits(1 << 20, 1_000, 1 << 30)
     with pytest.raises(FileRejected) as rejected:
-        validate_input(storage, "inbox/f.jsonl", BatchPaths("b"), {MODEL_NAME}, limits)
+        validate_input(
+            storage, "inbox/f.jsonl", BatchPaths("b"), ServedNames((MODEL_NAME,)), limits
+        )
     assert rejected.value.code == "not_text"

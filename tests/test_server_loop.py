@@ -34,16 +34,20 @@ class FakeServer:
 
     mode: str = "ok"  # ok | 503 | stall | drop | 400
     model: str = MODEL
+    adapters: tuple[str, ...] = ()  # further names its /v1/models lists (LoRA adapters)
     models_status: int = 200
     delay_s: float = 0.0
     lines: list[int] = field(default_factory=list)  # the line of every request received
     in_flight: int = 0
     most_in_flight: int = 0
     url: str = ""
+    received_at: list[float] = field(default_factory=list)  # monotonic, one a request
+    answered_at: list[float] = field(default_factory=list)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.lines.append(body["messages"][0]["content"])
+        self.received_at.append(time.monotonic())
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -64,9 +68,12 @@ class FakeServer:
             return web.json_response(answer)
         finally:
             self.in_flight -= 1
+            self.answered_at.append(time.monotonic())
 
     async def models(self, _: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": self.model}]}, status=self.models_status)
+        adapters = [{"id": name, "parent": self.model} for name in self.adapters]
+        data = [{"id": self.model, "parent": None}, *adapters]
+        return web.json_response({"data": data}, status=self.models_status)
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(text="")
@@ -123,7 +130,7 @@ def _pending(count: int) -> list[tuple[int, str]]:
 def _run(
     tmp_path: Path,
     urls: list[str],
-    count: int,
+    count: int | list[tuple[int, str]],
     window: int = 4,
     down_timeout_s: float = 5.0,
     timeout_s: float = 30.0,
@@ -138,11 +145,12 @@ def _run(
             journal=journal,
             endpoint="/v1/chat/completions",
             model=MODEL,
+            aliases=frozenset({MODEL, "x"}),  # the lines name "x"
             down_timeout_s=down_timeout_s,
             priority=priority,
             control=control or RunControl(),
         )
-        stats = loop.run(_pending(count))
+        stats = loop.run(_pending(count) if isinstance(count, int) else count)
     return stats, read_journal(storage, JOURNAL)
 
 
@@ -160,7 +168,7 @@ def test_requests_spread_over_the_servers_within_each_window(tmp_path):
     assert a.lines and b.lines and sorted(a.lines + b.lines) == list(range(1, 61))
     assert a.most_in_flight <= 3 and b.most_in_flight <= 3
     body = json.loads(journal[1].body)
-    assert body["model"] == MODEL  # each body's model is the served name
+    assert body["model"] == MODEL  # an alias is sent as the served name
 
 
 def test_a_5xx_is_retried_on_the_other_server_never_on_the_same(tmp_path):
@@ -264,4 +272,42 @@ def test_a_down_server_is_probed_at_once_then_with_a_growing_backoff():
         after = time.monotonic()
         assert before + delay <= server.retry_at <= after + delay  # whatever the machine's pace
     assert not server.up
-    assert pool.pick() is None  # nothing to send to while it is down
+    server.models = frozenset({MODEL})
+    assert pool.pick(MODEL) is None  # nothing to send to while it is down
+
+
+def test_each_line_goes_to_a_server_of_its_model_and_an_unknown_name_gets_vllms_404(tmp_path):
+    names = ["x", "other", "adapter", "nope"] * 10  # "x": an alias of the configured model
+    lines = [
+        (n, json.dumps({"model": name, "messages": [{"role": "user", "content": n}]}))
+        for n, name in enumerate(names, start=1)
+    ]
+    base, other = FakeServer(adapters=("adapter",)), FakeServer(model="other")
+    with servers(base, other):
+        stats, journal = _run(tmp_path, [base.url, other.url], lines, window=2)
+    assert stats.requests == 40 and stats.rejected == 10
+    by_name = {name: [n for n, m in enumerate(names, 1) if m == name] for name in set(names)}
+    assert sorted(base.lines) == sorted(by_name["x"] + by_name["adapter"])
+    assert sorted(other.lines) == by_name["other"]
+    for n in by_name["nope"]:
+        assert journal[n].status_code == 404
+        error = json.loads(journal[n].body)["error"]
+        assert error["message"] == (
+            f"The model `nope` does not exist. Valid aliases: other, {MODEL}."
+        )
+        assert (error["type"], error["param"], error["code"]) == ("NotFoundError", "model", 404)
+    assert json.loads(journal[by_name["x"][0]].body)["model"] == MODEL
+
+
+def test_lines_of_a_busy_model_wait_while_the_other_models_lines_go_ahead(tmp_path):
+    lines = [
+        (n, json.dumps({"model": "x" if n <= 3 else "other", "messages": [{"content": n}]}))
+        for n in range(1, 31)
+    ]
+    slow, fast = FakeServer(delay_s=1.0), FakeServer(model="other")
+    with servers(slow, fast):
+        stats, journal = _run(tmp_path, [slow.url, fast.url], lines, window=2)
+    assert stats.rejected == 0 and sorted(journal) == list(range(1, 31))
+    assert sorted(slow.lines) == [1, 2, 3] and sorted(fast.lines) == list(range(4, 31))
+    # Line 3 waited for room on its model's server; the 27 lines after it did not wait for it.
+    assert max(fast.received_at) < min(slow.answered_at)

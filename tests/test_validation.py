@@ -10,6 +10,7 @@ import pytest
 
 from batch_assets.input.shards import SeenIds, iter_line_errors, iter_requests
 from batch_assets.input.validation import FileRejected, Limits, validate_input
+from resources.engines.base import ServedNames
 from resources.layout import BatchPaths
 from resources.lines import iter_raw_lines
 from resources.storage import BatchStorage
@@ -22,7 +23,7 @@ def _validate(tmp_path: Path, content: bytes, limits: Limits = LIMITS):
     storage = BatchStorage(root=str(tmp_path))
     storage.write_bytes("inbox/f.jsonl", content)
     paths = BatchPaths("batch_test")
-    report = validate_input(storage, "inbox/f.jsonl", paths, {MODEL_NAME}, limits)
+    report = validate_input(storage, "inbox/f.jsonl", paths, ServedNames((MODEL_NAME,)), limits)
     errors = {
         line: {"line": line, "custom_id": custom_id, "code": code, "message": message}
         for line, custom_id, code, message in iter_line_errors(storage, report.error_parts)
@@ -239,7 +240,9 @@ def test_requests_sharing_a_prefix_run_together_and_results_keep_input_order(tmp
     storage = BatchStorage(root=str(tmp_path))
     storage.write_bytes("inbox/f.jsonl", "\n".join(lines).encode())
     limits = Limits(4096, 100, 1 << 20, shard_rows=100)
-    report = validate_input(storage, "inbox/f.jsonl", BatchPaths("b"), {MODEL_NAME}, limits)
+    report = validate_input(
+        storage, "inbox/f.jsonl", BatchPaths("b"), ServedNames((MODEL_NAME,)), limits
+    )
     columns = ["line", "custom_id"]
     engine_order = [cid for _, cid in iter_requests(storage, report.shards, columns, False)]
     groups = [systems[int(cid[1:]) % 3] for cid in engine_order]

@@ -35,7 +35,7 @@ def estimate_file(file: Path, engine: BatchEngine) -> ValidationReport:
             storage,
             key,
             BatchPaths("estimate"),
-            set(engine.served_model_names),
+            engine.model_names,
             limits,
             None,
             estimator,

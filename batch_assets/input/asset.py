@@ -71,9 +71,10 @@ def batch_input(
         config.max_file_bytes,
         config.shard_rows,
         config.order_by_prefix,
+        engine.GROUPS_LINES_BY_MODEL,
     )
     batch = read_batch(storage, batch_id)
-    served = set(engine.served_model_names)
+    served = engine.model_names
     estimator = LineEstimator(engine.tokenizer_folder, engine.context_length)
     try:
         report = validate_input(
@@ -102,6 +103,8 @@ def _result(
     manifest: Manifest, storage: BatchStorage, paths: BatchPaths, engine: BatchEngine, reused: bool
 ) -> dg.MaterializeResult:
     runs = read_runs(storage, engine.served_model_names[0])
+    names = engine.model_names
+    adapters = {m: n for m, n in manifest.models.items() if names and m in names.adapters}
     return dg.MaterializeResult(
         metadata={
             **estimate_metadata(manifest.estimate, manifest.requests, runs),
@@ -112,6 +115,7 @@ def _result(
             "blank_lines": manifest.blank_lines,
             "endpoint": manifest.endpoint,
             "models": dg.MetadataValue.json(manifest.models),
+            "adapters": dg.MetadataValue.json(adapters),
             "error_codes": dg.MetadataValue.json(manifest.error_codes),
             "shards": len(manifest.shards),
             "work_area": dg.MetadataValue.path(storage.url(paths.work)),

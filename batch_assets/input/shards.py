@@ -7,8 +7,9 @@ contiguous range of input lines and becomes at most two parquet files:
 at a time, and the custom_ids of earlier chunks are remembered as 16-byte digests
 (:class:`SeenIds`).
 
-Within a request shard, rows are ordered by prompt prefix, so requests that share a system
-prompt reach the engine together and hit its prefix cache; readers that need input order
+Within a request shard, rows are ordered by model (an adapter is a model; for an in-process
+engine) and then by prompt prefix, so requests that share an adapter or a system prompt reach
+the engine together and hit its loaded adapters and prefix cache; readers that need input order
 (the result writer, the preview) sort a shard by line, and shards follow each other in line
 order.
 """
@@ -115,14 +116,23 @@ class ChunkStats:
     error_codes: Counter = field(default_factory=Counter)
 
 
+def _prefix(line: ValidLine) -> str:
+    return line.prefix
+
+
 class ChunkWriter:
     """Collect one chunk of lines at a time and write it as a shard and an error part."""
 
     def __init__(
-        self, storage: BatchStorage, paths: BatchPaths, rows: int, order_by_prefix: bool = True
+        self,
+        storage: BatchStorage,
+        paths: BatchPaths,
+        rows: int,
+        order_by_prefix: bool = True,
+        group_by_model: bool = True,
     ):
         self.storage, self.paths, self.rows = storage, paths, rows
-        self.order_by_prefix = order_by_prefix
+        self.order_by_prefix, self.group_by_model = order_by_prefix, group_by_model
         self.stats = ChunkStats()
         self.shards: list[ShardRef] = []
         self.error_parts: list[ShardRef] = []
@@ -168,9 +178,15 @@ class ChunkWriter:
         self._valid, self._ids, self._errors = [], set(), []
 
     def _write_shard(self) -> None:
+        # Lines of one model or adapter together (one engine swaps adapters in and out of a few
+        # slots; a pool's servers of several models take their lines at once, so not there),
+        # and within them by prompt prefix. Stable: ties keep line order.
         valid = self._valid
+        by_model = self.group_by_model and len({r.model for r in valid}) > 1
         if self.order_by_prefix:
-            valid = sorted(valid, key=lambda r: r.prefix)  # stable: ties keep line order
+            valid = sorted(valid, key=(lambda r: (r.model, r.prefix)) if by_model else _prefix)
+        elif by_model:
+            valid = sorted(valid, key=lambda r: r.model)
         columns: dict[str, list] = {
             "line": [r.line for r in valid],
             "custom_id": [r.custom_id for r in valid],

@@ -23,6 +23,7 @@ from batch_assets.input.request_schema import (
 from batch_assets.input.shards import ChunkWriter, LineError, ValidLine
 from batch_assets.lifecycle.batches import SourceRef
 from resources.endpoints import SUPPORTED_URLS
+from resources.engines.base import ServedNames
 from resources.layout import BatchPaths
 from resources.lines import FileRejected, iter_raw_lines, open_input
 from resources.storage import BatchStorage
@@ -37,6 +38,7 @@ class Limits:
     max_file_bytes: int
     shard_rows: int = 10_000
     order_by_prefix: bool = True
+    group_by_model: bool = True  # one engine takes every line: an adapter's lines go together
 
 
 @dataclass
@@ -64,11 +66,11 @@ class LineValidator:
 
     def __init__(
         self,
-        served_models: set[str],
+        served_models: ServedNames | None,
         endpoint: str | None = None,
         estimator: LineEstimator | None = None,
     ):
-        self.served_models = served_models
+        self.served_models = served_models  # None: the engine's servers decide at run time
         self.estimator = estimator
         self.endpoint = endpoint  # declared by the batch (the HTTP API), or the first request's
         self._declared = endpoint is not None
@@ -124,14 +126,9 @@ class LineValidator:
             body = decode_body(request.url, request.body)
         except ValueError as exc:
             return LineError(number, "invalid_body", f"body: {exc}", cid)
-        if body.model not in self.served_models:
-            served = ", ".join(sorted(self.served_models))
-            return LineError(
-                number,
-                "model_not_found",
-                f"model {body.model!r} is not served here (served: {served})",
-                cid,
-            )
+        if self.served_models is not None and body.model not in self.served_models:
+            message = self.served_models.not_found(body.model)
+            return LineError(number, "model_not_found", message, cid)
         chars, prefix = prompt_summary(body)
         raw_body = bytes(request.body)
         if self.estimator is not None:
@@ -153,7 +150,7 @@ def validate_input(
     storage: BatchStorage,
     input_key: str,
     paths: BatchPaths,
-    served_models: set[str],
+    served_models: ServedNames | None,
     limits: Limits,
     endpoint: str | None = None,
     estimator: LineEstimator | None = None,
@@ -167,7 +164,9 @@ def validate_input(
     storage.delete_prefix(paths.line_errors)
     report = ValidationReport()
     validator = LineValidator(served_models, endpoint, estimator)
-    chunks = ChunkWriter(storage, paths, limits.shard_rows, limits.order_by_prefix)
+    chunks = ChunkWriter(
+        storage, paths, limits.shard_rows, limits.order_by_prefix, limits.group_by_model
+    )
     with open_input(storage, input_key, limits.max_file_bytes) as stream:
         for number, content in iter_raw_lines(stream, limits.max_line_bytes):
             report.lines = number

@@ -40,6 +40,22 @@ def dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class ServedNames:
+    """The names an engine answers to: its base model's (the first is reported) and its
+    adapters'."""
+
+    base: tuple[str, ...]
+    adapters: tuple[str, ...] = ()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.base or name in self.adapters
+
+    def not_found(self, name: str) -> str:
+        """What ``vllm serve`` answers (404) to a request for a name it does not serve."""
+        return f"The model `{name}` does not exist. Valid aliases: {', '.join(self.base)}."
+
+
 @dataclass
 class LoopStats:
     requests: int = 0  # lines answered (200 or 400) in this run
@@ -116,7 +132,7 @@ class RunControl:
 class BatchEngine(dg.ConfigurableResource):
     """The fields and the protocol every engine resource has.
 
-    A line's ``body.model`` must name one of :attr:`served_model_names`.
+    A line's ``body.model`` names one of :attr:`served_model_names` or an adapter.
     """
 
     model: str = Field(description="Local model folder or model name.")
@@ -132,12 +148,22 @@ class BatchEngine(dg.ConfigurableResource):
     MODE: ClassVar[str] = ""
     # Whether a run loads the engine itself (and so reports a loading phase).
     LOADS_IN_RUN: ClassVar[bool] = False
+    # Whether a batch's lines are grouped by model: one engine answers every line and swaps
+    # adapters in and out of a few slots. A pool's servers of several models take their lines
+    # at the same time, so there lines keep their order.
+    GROUPS_LINES_BY_MODEL: ClassVar[bool] = False
 
     @property
     def served_model_names(self) -> list[str]:
         """Every name a request may use; the first is the one reported in responses."""
         primary = self.served_model_name or self.model
         return [primary, *(a for a in self.model_aliases if a != primary)]
+
+    @property
+    def model_names(self) -> "ServedNames | None":
+        """The names a line's ``body.model`` may use, or None when only the run knows them (a
+        pool's servers say what they serve, and answer any other name as vllm serve does)."""
+        return None
 
     @property
     def tokenizer_folder(self) -> str:

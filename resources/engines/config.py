@@ -36,6 +36,7 @@ ENV = {
     "served_model_name": "BATCH_SERVED_MODEL_NAME",
     "engine_urls": "BATCH_ENGINE_URLS",
     "engine_api_key": "BATCH_ENGINE_API_KEY",
+    "lora_modules": "BATCH_LORA_MODULES",
 }
 SECRETS = frozenset({"engine_api_key"})
 ENGINES: tuple[type[BatchEngine], ...] = (VLLMEngine, VLLMServerPool)

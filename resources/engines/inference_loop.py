@@ -164,7 +164,7 @@ class InferenceLoop:
             for request_id, engine_input, params in zip(
                 request_ids, prepared.inputs, prepared.params, strict=True
             ):
-                engine.add_request(request_id, engine_input, params)
+                engine.add_request(request_id, engine_input, params, lora_request=prepared.lora)
                 added.append(request_id)
         except (VLLMValidationError, ValueError, TypeError) as exc:
             if added:

@@ -71,6 +71,7 @@ class PreparedRequest:
     inputs: list[Any] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
     serving: Any = None  # vLLM's serving state: the answer is built by vLLM's serving layer
+    lora: Any = None  # the LoRA adapter the body names (vLLM's LoRARequest), if any
 
 
 def _prompt_list(value: Any) -> list[Any]:
@@ -115,16 +116,26 @@ class RequestBuilder:
     """
 
     def __init__(
-        self, llm: "LLM", clamp_max_tokens: bool = False, serving: ServingLayer | None = None
+        self,
+        llm: "LLM",
+        clamp_max_tokens: bool = False,
+        serving: ServingLayer | None = None,
+        adapters: dict[str, str] | None = None,
     ):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
         from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest
+        from vllm.lora.request import LoRARequest
         from vllm.sampling_params import RequestOutputKind
 
         self.llm = llm
         self.clamp_max_tokens = clamp_max_tokens
+        # One LoRARequest per adapter, its id fixed for the run (vLLM caches adapters by id).
+        self.loras = {
+            name: LoRARequest(name, number, path)
+            for number, (name, path) in enumerate((adapters or {}).items(), start=1)
+        }
         self.serving = serving
         self.max_model_len: int = llm.model_config.max_model_len
         self.defaults: dict[str, Any] = llm.model_config.get_diff_sampling_param()
@@ -175,6 +186,7 @@ class RequestBuilder:
             if (getattr(request, "n", None) or 1) > MAX_N:
                 raise RequestRejected(f"n: must be at most {MAX_N}", "n")
             prepared = PreparedRequest(endpoint, request, settings)
+            prepared.lora = self.loras.get(body.get("model"))  # type: ignore[arg-type]
             if served and endpoint == CHAT_URL:
                 self._prepare_served_chat(prepared)
             elif served:

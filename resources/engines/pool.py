@@ -82,6 +82,7 @@ class VLLMServerPool(BatchEngine):
             journal=journal,
             endpoint=endpoint,
             model=served,
+            aliases=frozenset(self.served_model_names),
             down_timeout_s=self.server_down_timeout_s,
             priority=control.priority if self.priority_scheduling else None,
             control=control,

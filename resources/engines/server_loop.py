@@ -4,7 +4,9 @@ The counterpart of :mod:`resources.engines.inference_loop` for an engine that is
 Each server keeps a window of requests in flight, so its own scheduler batches them
 continuously, together with whatever else it serves. Answers are journaled as they arrive;
 a request whose server goes down goes to another one and is journaled once. The bodies are
-the servers' own (``vllm serve``'s), with ``model`` set to the configured served name.
+the servers' own (``vllm serve``'s). A line goes only to a server that serves its
+``body.model`` (a base model or a LoRA adapter; the configured model's aliases are sent as the
+configured served name); a name no server serves is answered as vllm serve answers it (404).
 """
 
 import asyncio
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from resources.engines.base import LoopStats, RunControl, dumps
+from resources.engines.base import LoopStats, RunControl, ServedNames, dumps
 from resources.engines.servers import Answer, Server, ServerDown, ServerPool
 from resources.journal import JournalRecord, JournalWriter
 
@@ -47,8 +49,9 @@ class ServerLoop:
     pool: ServerPool
     journal: JournalWriter
     endpoint: str  # "/v1/chat/completions": the same path on every server
-    model: str  # the name the servers serve; each body's model is set to it
+    model: str  # the configured served name; a body naming one of ``aliases`` is sent as it
     down_timeout_s: float
+    aliases: frozenset[str] = frozenset()
     priority: int | None = None  # vLLM's request priority (lower goes first), when enabled
     control: RunControl = field(default_factory=RunControl)
 
@@ -63,7 +66,8 @@ class ServerLoop:
 
     async def _run(self, pending: Iterator[tuple[int, str]]) -> LoopStats:
         stats = LoopStats()
-        retry: deque[_Request] = deque()
+        # Retries, and lines whose model has no server with room yet, in the order they came.
+        waiting: deque[_Request] = deque()
         sent: dict[asyncio.Task, _Request] = {}
         exhausted = False
         all_down_since: float | None = None
@@ -72,36 +76,34 @@ class ServerLoop:
         control.start()
         async with self.pool:
             await self.pool.check()
+            # How many lines may wait for their model's servers while later lines go ahead.
+            lookahead = self.pool.window * len(self.pool.servers)
             try:
                 while True:
                     now = time.monotonic()
                     if not exhausted and control.deadline_passed():
                         exhausted = stats.stopped_at_deadline = True
-                        retry.clear()  # not journaled: they wait for the next run
+                        waiting.clear()  # not journaled: they wait for the next run
                     if control.cancel_requested():
                         stats.cancelled = True
                         break
                     self.pool.raise_probe_errors()
                     self.pool.revive()
-                    # Fill every server's window: retries first, then new lines in order.
-                    while True:
-                        request = retry.popleft() if retry else None
-                        if request is None and not exhausted:
-                            request = self._next(pending)
-                            exhausted = request is None
-                        if request is None:
-                            break
-                        server = self.pool.pick(avoid=request.failed_on)
-                        if server is None:
-                            retry.appendleft(request)
-                            break
-                        task = self.pool.submit(server, path, request.body)
-                        sent[task] = request
-                        request.failed_on = server
+                    # Fill every server's window: what waits first, then new lines in order.
+                    for _ in range(len(waiting)):
+                        request = waiting.popleft()
+                        if not self._send(request, path, sent, stats):
+                            waiting.append(request)
+                    while not exhausted and len(waiting) < lookahead:
+                        new = self._next(pending)
+                        if new is None:
+                            exhausted = True
+                        elif not self._send(new, path, sent, stats):
+                            waiting.append(new)
                     if not sent:
-                        if exhausted and not retry:
+                        if exhausted and not waiting:
                             break
-                        # Work is waiting and no server can take it: all are down.
+                        # Work is waiting and no server of its model can take it: all are down.
                         all_down_since = all_down_since or now
                         if now - all_down_since > self.down_timeout_s:
                             raise ServersUnavailable(self._unavailable())
@@ -114,7 +116,7 @@ class ServerLoop:
                     for task in done:
                         request = sent.pop(task)
                         if self._settle(request, task, stats) and not stats.stopped_at_deadline:
-                            retry.append(request)
+                            waiting.append(request)
                     self.journal.flush()
                     control.tick(stats)
             finally:
@@ -129,10 +131,34 @@ class ServerLoop:
         if item is None:
             return None
         line, body_json = item
-        body = {**json.loads(body_json), "model": self.model}
+        body = json.loads(body_json)
+        if body.get("model") in self.aliases:
+            body["model"] = self.model
         if self.priority is not None:
             body["priority"] = self.priority
         return _Request(line, body)
+
+    def _send(
+        self, request: _Request, path: str, sent: dict[asyncio.Task, _Request], stats: LoopStats
+    ) -> bool:
+        """Send ``request`` to a server of its model, or journal why none ever will; ``False``
+        when it must wait (its servers are full, down or not yet probed)."""
+        model = str(request.body.get("model"))
+        if self.pool.serves(model) is False:
+            self._journal(request.line, self._not_served(model), stats)
+            return True
+        server = self.pool.pick(model, avoid=request.failed_on)
+        if server is None:
+            return False
+        sent[self.pool.submit(server, path, request.body)] = request
+        request.failed_on = server
+        return True
+
+    def _not_served(self, model: str) -> Answer:
+        """vllm serve's answer to a model it does not serve, naming what the pool serves."""
+        message = ServedNames(tuple(self.pool.base_names())).not_found(model)
+        error = {"message": message, "type": "NotFoundError", "param": "model", "code": 404}
+        return Answer(404, {"error": error})
 
     def _settle(self, request: _Request, task: asyncio.Task, stats: LoopStats) -> bool:
         """Journal a finished request's answer; ``True`` when it must be sent again."""

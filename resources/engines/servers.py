@@ -3,8 +3,11 @@
 One aiohttp session on the run's event loop sends every request (connections are reused; no
 thread per request). A server that refuses a connection, times out or drops one is *down*:
 it gets no request until a fresh probe of ``/health`` and ``/v1/models`` passes, tried with a
-backoff that grows while it keeps failing. A server that answers but does not serve the
-configured model, or refuses the API key, is a configuration fault: :class:`PoolMisconfigured`.
+backoff that grows while it keeps failing. Each probe notes the names a server serves (its
+base models and LoRA adapters): a request goes only to a server that serves its
+``body.model``, so one pool may serve several models and adapters. Servers that all answer
+but none with the configured model, or one that refuses the API key, are a configuration
+fault: :class:`PoolMisconfigured`.
 """
 
 import asyncio
@@ -54,6 +57,8 @@ class Server:
     failures: int = 0  # consecutive: connection faults, 5xx answers and failed probes
     retry_at: float = 0.0  # monotonic time of the next probe while down
     probing: bool = False
+    models: frozenset[str] | None = None  # what its /v1/models lists; None until probed
+    bases: frozenset[str] = frozenset()  # of those, the base models (not adapters)
 
     @property
     def root(self) -> str:
@@ -110,16 +115,24 @@ class ServerPool:
     async def check(self) -> None:
         """Probe every server before the first request; a down one is retried later.
 
-        Raises :class:`PoolMisconfigured` when a server answers but does not serve the model.
+        Raises :class:`PoolMisconfigured` when every server answers and none serves the
+        configured model.
         """
         results = await asyncio.gather(*(self._probe(s) for s in self.servers))
         for server, fault in zip(self.servers, results, strict=True):
             if fault is not None:
                 logger.warning("vLLM server %s is not answering (%s); retried later", server, fault)
                 self._mark_down(server)
+        if self.serves(self.model) is False:
+            served = "; ".join(f"{s} serves {sorted(s.models or ())}" for s in self.servers)
+            raise PoolMisconfigured(
+                f"no vLLM server serves the configured model {self.model!r} ({served}): start "
+                f"one with --served-model-name {self.model}, or set BATCH_SERVED_MODEL_NAME to "
+                "a name they serve"
+            )
 
     async def _probe(self, server: Server) -> str | None:
-        """``None`` when the server is healthy and serves the model; else why it is down."""
+        """``None`` when the server is healthy (its model names are noted); else why it is down."""
         timeout = aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S)
         try:
             async with self.session.get(f"{server.root}/health", timeout=timeout) as health:
@@ -137,16 +150,24 @@ class ServerPool:
         if status != 200:
             return f"/v1/models answered {status}"
         try:
-            served = [entry["id"] for entry in json.loads(text)["data"]]
-        except (ValueError, KeyError, TypeError):
+            entries = json.loads(text)["data"]
+            names = frozenset(str(entry["id"]) for entry in entries)
+            # vllm serve lists a LoRA adapter with its base model as its parent.
+            bases = frozenset(str(e["id"]) for e in entries if not e.get("parent"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             return "/v1/models did not answer a model list"
-        if self.model not in served:
-            raise PoolMisconfigured(
-                f"vLLM server {server} serves {served}, not the configured model "
-                f"{self.model!r}: start it with --served-model-name {self.model}, or set "
-                "BATCH_SERVED_MODEL_NAME to the name it serves"
-            )
+        server.models, server.bases = names, bases
         return None
+
+    def serves(self, model: str) -> bool | None:
+        """Whether some server serves ``model``; None while a server not yet probed might."""
+        if any(s.models is not None and model in s.models for s in self.servers):
+            return True
+        return False if all(s.models is not None for s in self.servers) else None
+
+    def base_names(self) -> list[str]:
+        """The base models' names that the probed servers serve (adapters aside)."""
+        return sorted({name for s in self.servers for name in s.bases})
 
     def revive(self) -> None:
         """Start a probe of every down server whose backoff is over (they run in the background)."""
@@ -161,7 +182,7 @@ class ServerPool:
     async def _revive(self, server: Server) -> None:
         try:
             fault = await self._probe(server)
-        except PoolMisconfigured as misconfigured:  # e.g. restarted with another model
+        except PoolMisconfigured as misconfigured:  # e.g. restarted with another key
             self._fault = misconfigured
             return
         finally:
@@ -180,13 +201,15 @@ class ServerPool:
 
     # -- balancing ---------------------------------------------------------------------------
 
-    def pick(self, avoid: Server | None = None) -> Server | None:
-        """The up server with the fewest requests in flight and room in its window.
+    def pick(self, model: str, avoid: Server | None = None) -> Server | None:
+        """The up server serving ``model`` with the fewest requests in flight and room in its
+        window.
 
         ``avoid`` (the server a request just failed on) is never picked while another server
-        is up: the request waits for room there rather than failing on ``avoid`` again.
+        of the model is up: the request waits for room there rather than failing on ``avoid``
+        again.
         """
-        up = [s for s in self.servers if s.up]
+        up = [s for s in self.servers if s.up and s.models is not None and model in s.models]
         if avoid is not None and any(s is not avoid for s in up):
             up = [s for s in up if s is not avoid]
         free = [s for s in up if s.in_flight < self.window]

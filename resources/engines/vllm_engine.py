@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from resources.endpoints import EMBEDDINGS_URL
-from resources.engines.base import BatchEngine, LoopStats, RunControl
+from resources.engines.base import BatchEngine, LoopStats, RunControl, ServedNames
 from resources.journal import JournalWriter
 from resources.layout import GPU_TAGS, K8S_CONFIG_TAG
 
@@ -50,6 +50,17 @@ _LOOP_ONLY = frozenset(
         "reasoning_parser",
     }
 )
+
+
+def parse_lora_modules(modules: list[str]) -> dict[str, str]:
+    """``{"name": "path"}`` of ``NAME=PATH`` items (vllm serve --lora-modules' plain form)."""
+    adapters: dict[str, str] = {}
+    for item in modules:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"lora_modules: {item!r} is not NAME=PATH")
+        adapters[name.strip()] = path.strip()
+    return adapters
 
 
 class VLLMEngine(BatchEngine):
@@ -115,17 +126,46 @@ class VLLMEngine(BatchEngine):
         description="vLLM's reasoning parser (vllm serve --reasoning-parser: qwen3, "
         "deepseek_r1, ...): the thinking goes to message.reasoning, the answer to content.",
     )
+    lora_modules: list[str] = Field(
+        default_factory=list,
+        description="LoRA adapters a line may name in body.model, NAME=PATH each, as vllm serve "
+        "--lora-modules; giving any enables LoRA. One batch may mix the base model and adapters.",
+        json_schema_extra={"flag": "--lora-modules", "metavar": "NAME=PATH"},
+    )
+    max_loras: int | None = Field(
+        default=None, description="Adapters in one engine step (vLLM's default: 1)."
+    )
+    max_lora_rank: int | None = Field(
+        default=None, description="The largest adapter rank served (vLLM's default: 16)."
+    )
     keep_loaded: bool = Field(
         default=False,
         description="Keep the engine alive in this process for the next run (one-shot CLI, tests).",
     )
     _llm: Any = PrivateAttr(default=None)
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _adapters_are_name_path(cls, value: list[str]) -> list[str]:
+        parse_lora_modules(value)
+        return value
+
     MODE: ClassVar[str] = "in_process"
     LOADS_IN_RUN: ClassVar[bool] = True
+    GROUPS_LINES_BY_MODEL: ClassVar[bool] = True
 
     @property
     def tokenizer_folder(self) -> str:
         return self.tokenizer or self.model
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """Each LoRA adapter's name and path, from ``lora_modules``."""
+        return parse_lora_modules(self.lora_modules)
+
+    @property
+    def model_names(self) -> ServedNames:
+        return ServedNames(tuple(self.served_model_names), tuple(self.adapters))
 
     @property
     def context_length(self) -> int | None:
@@ -162,7 +202,9 @@ class VLLMEngine(BatchEngine):
         serving = None if runner == "pooling" else self._serving_layer(llm, batch_id)
         loop = InferenceLoop(
             llm=llm,
-            requests=RequestBuilder(llm, clamp_max_tokens=self.clamp_max_tokens, serving=serving),
+            requests=RequestBuilder(
+                llm, clamp_max_tokens=self.clamp_max_tokens, serving=serving, adapters=self.adapters
+            ),
             responses=ResponseBuilder(self.served_model_names[0], llm.get_tokenizer(), serving),
             journal=journal,
             batch_id=batch_id,
@@ -244,6 +286,10 @@ class VLLMEngine(BatchEngine):
             or (_CPU_DEFAULT_KV_CACHE_BYTES if on_cpu else None),
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if self.adapters:
+            kwargs["enable_lora"] = True
+            lora = {"max_loras": self.max_loras, "max_lora_rank": self.max_lora_rank}
+            kwargs.update({k: v for k, v in lora.items() if v is not None})
         if self.disable_any_whitespace:
             kwargs["structured_outputs_config"] = {
                 "backend": "xgrammar",

@@ -128,7 +128,9 @@ class ServingLayer:
             parser = self.chat._make_parser(request, self.tokenizer, kwargs)
         return ChatState(conversation, parser), engine_inputs
 
-    def chat_body(self, request: Any, state: ChatState, output: Any, request_id: str) -> dict:
+    def chat_body(
+        self, request: Any, state: ChatState, output: Any, request_id: str, model: str
+    ) -> dict:
         """vllm serve's chat.completion body for the engine's finished ``output``."""
         from vllm.entrypoints.generate.base.protocol import RequestResponseMetadata
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -138,7 +140,7 @@ class ServingLayer:
                 request,
                 _once(output),
                 request_id,
-                self.model_name,
+                model,
                 state.conversation,
                 self.tokenizer,
                 RequestResponseMetadata(request_id=request_id),
@@ -176,7 +178,7 @@ class ServingLayer:
         return ResponsesState(sampling_params, SimpleContext(response_parser=parser))
 
     def responses_body(
-        self, request: Any, state: ResponsesState, output: Any, request_id: str
+        self, request: Any, state: ResponsesState, output: Any, request_id: str, model: str
     ) -> dict:
         """vllm serve's Response body for the engine's finished ``output``."""
         from vllm.entrypoints.generate.base.protocol import RequestResponseMetadata
@@ -190,7 +192,7 @@ class ServingLayer:
                 state.sampling_params,
                 _once(state.context),
                 state.context,
-                self.model_name,
+                model,
                 self.tokenizer,
                 RequestResponseMetadata(request_id=request.request_id),
             )

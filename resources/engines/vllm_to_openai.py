@@ -100,25 +100,27 @@ class ResponseBuilder:
         A request that vLLM's serving layer rendered (tools, parsers, Responses) gets the
         body that layer builds, ``vllm serve``'s own.
         """
+        # vllm serve reports an adapter's answers under the adapter's name.
+        model = prepared.lora.lora_name if prepared.lora is not None else self.model_name
         if prepared.serving is not None:
             assert self.serving is not None
             if prepared.endpoint == RESPONSES_URL:
                 return self.serving.responses_body(
-                    prepared.request, prepared.serving, outputs[0], f"resp_{response_id}"
+                    prepared.request, prepared.serving, outputs[0], f"resp_{response_id}", model
                 )
             body = self.serving.chat_body(
-                prepared.request, prepared.serving, outputs[0], f"chatcmpl-{response_id}"
+                prepared.request, prepared.serving, outputs[0], f"chatcmpl-{response_id}", model
             )
             body["created"] = created
             return body
         if prepared.endpoint == CHAT_URL:
-            return self._chat(prepared, outputs[0], response_id, created)
+            return self._chat(prepared, outputs[0], response_id, created, model)
         if prepared.endpoint == COMPLETIONS_URL:
-            return self._completion(prepared, outputs, response_id, created)
-        return self._embedding(prepared, outputs)
+            return self._completion(prepared, outputs, response_id, created, model)
+        return self._embedding(prepared, outputs, model)
 
     def _chat(
-        self, prepared: PreparedRequest, output: Any, response_id: str, created: int
+        self, prepared: PreparedRequest, output: Any, response_id: str, created: int, model: str
     ) -> dict[str, Any]:
         request = prepared.request
         want_logprobs = bool(request.logprobs)
@@ -146,7 +148,7 @@ class ResponseBuilder:
             "id": f"chatcmpl-{response_id}",
             "object": "chat.completion",
             "created": created,
-            "model": self.model_name,
+            "model": model,
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": None,
@@ -154,7 +156,12 @@ class ResponseBuilder:
         }
 
     def _completion(
-        self, prepared: PreparedRequest, outputs: list[Any], response_id: str, created: int
+        self,
+        prepared: PreparedRequest,
+        outputs: list[Any],
+        response_id: str,
+        created: int,
+        model: str,
     ) -> dict[str, Any]:
         request = prepared.request
         choices = []
@@ -177,13 +184,15 @@ class ResponseBuilder:
             "id": f"cmpl-{response_id}",
             "object": "text_completion",
             "created": created,
-            "model": self.model_name,
+            "model": model,
             "choices": choices,
             "system_fingerprint": None,
             "usage": self._usage(outputs),
         }
 
-    def _embedding(self, prepared: PreparedRequest, outputs: list[Any]) -> dict[str, Any]:
+    def _embedding(
+        self, prepared: PreparedRequest, outputs: list[Any], model: str
+    ) -> dict[str, Any]:
         as_base64 = prepared.request.encoding_format == "base64"
         data = []
         for index, output in enumerate(outputs):
@@ -196,6 +205,6 @@ class ResponseBuilder:
         return {
             "object": "list",
             "data": data,
-            "model": self.model_name,
+            "model": model,
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         }
