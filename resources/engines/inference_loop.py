@@ -68,6 +68,14 @@ class InferenceLoop:
     endpoint: str
     window: int
     control: RunControl = field(default_factory=RunControl)
+    # Never run base-model and adapter requests in one engine step. vLLM 0.32's CPU LoRA ops
+    # index the adapter slots with -1 for "no adapter", which selects the last slot: a
+    # base-model request batched with adapter requests gets an adapter's answer once that slot
+    # is loaded. With this set, a request of the other kind waits until the engine drains
+    # (lines come grouped by model, so that is once per group).
+    separate_adapters: bool = False
+    _held: Any = field(default=None, init=False)  # the line waiting for the other kind to finish
+    _adapters_running: bool = field(default=False, init=False)
 
     def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
         """Answer every ``(line, body_json)`` of ``pending`` and journal the answers.
@@ -100,12 +108,21 @@ class InferenceLoop:
                     break
                 if not exhausted and queued < self.window:
                     idle = not engine.has_unfinished_requests()
-                    for item in feed.take(self.window - queued, block=idle):
-                        if item is DONE:
-                            exhausted = True
-                            break
-                        line, prepared = item
+                    if self._held is not None and idle:  # the other kind's turn has come
+                        (line, prepared), self._held = self._held, None
+                        self._must_wait(engine, prepared)  # notes the kind now running
                         queued += self._submit(engine, line, prepared, in_flight, stats)
+                        idle = False
+                    if self._held is None:
+                        for item in feed.take(self.window - queued, block=idle):
+                            if item is DONE:
+                                exhausted = True
+                                break
+                            line, prepared = item
+                            if self._must_wait(engine, prepared):
+                                self._held = item
+                                break
+                            queued += self._submit(engine, line, prepared, in_flight, stats)
                     if feed.error is not None:
                         raise feed.error
                 if not engine.has_unfinished_requests():
@@ -136,6 +153,17 @@ class InferenceLoop:
             self.journal.flush()
             feed.close()
         return control.finish(stats)
+
+    def _must_wait(self, engine: Any, prepared: PreparedRequest | RequestRejected) -> bool:
+        """Whether ``prepared`` must wait for the other kind's requests (see
+        :attr:`separate_adapters`)."""
+        if not self.separate_adapters or not isinstance(prepared, PreparedRequest):
+            return False
+        adapter = prepared.lora is not None
+        if not engine.has_unfinished_requests():
+            self._adapters_running = adapter
+            return False
+        return adapter != self._adapters_running
 
     def _journal(self, record: JournalRecord, stats: LoopStats) -> None:
         self.journal.write(record)

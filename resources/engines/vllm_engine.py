@@ -52,6 +52,12 @@ _LOOP_ONLY = frozenset(
 )
 
 
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def parse_lora_modules(modules: list[str]) -> dict[str, str]:
     """``{"name": "path"}`` of ``NAME=PATH`` items (vllm serve --lora-modules' plain form)."""
     adapters: dict[str, str] = {}
@@ -211,6 +217,7 @@ class VLLMEngine(BatchEngine):
             endpoint=endpoint,
             window=self.max_pending_requests or 4 * max_num_seqs,
             control=control,
+            separate_adapters=bool(self.adapters) and _on_cpu(),
         )
         try:
             return loop.run(pending), load_s
