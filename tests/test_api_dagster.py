@@ -260,6 +260,25 @@ def test_the_sdk_runs_a_batch_on_seaweedfs(tmp_path, s3_server):
             ChatCompletion.model_validate(json.loads(line)["response"]["body"], strict=True)
         # The objects lie in the project's prefix of the bucket.
         assert storage.for_project("team-a").exists(BatchPaths(batch.id).batch_json)
+        # vLLM's rerank endpoint (a pooling model) through the same API.
+        query = {"model": MODEL_NAME, "documents": ["a b", "c"]}
+        rerank = "".join(
+            request_line(f"rr-{i}", {**query, "query": f"q {i}"}, url="/v1/rerank") + "\n"
+            for i in range(3)
+        )
+        file = a.files.create(file=("rr.jsonl", io.BytesIO(rerank.encode())), purpose="batch")
+        ranked = a.batches.create(
+            input_file_id=file.id,
+            endpoint="/v1/rerank",  # type: ignore[arg-type]  # vLLM's, not in the SDK's list
+            completion_window="24h",
+        )
+        done = _wait(a, ranked.id, {"completed"})
+        assert done.endpoint == "/v1/rerank" and done.request_counts.completed == 3
+        for line in a.files.content(done.output_file_id).text.splitlines():
+            results = json.loads(line)["response"]["body"]["results"]
+            assert sorted(r["index"] for r in results) == [0, 1]
+            scores = [r["relevance_score"] for r in results]
+            assert scores == sorted(scores, reverse=True)
         with pytest.raises(openai.NotFoundError):
             _sdk(api, "key-b").files.content(done.output_file_id)
         while not all(run.is_finished for run in dev.runs(None)):

@@ -11,7 +11,14 @@ from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
-from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL
+from resources.endpoints import (
+    CHAT_URL,
+    COMPLETIONS_URL,
+    EMBEDDINGS_URL,
+    RERANK_URL,
+    RESPONSES_URL,
+    SCORE_URL,
+)
 
 
 class RequestLine(msgspec.Struct, gc=False):
@@ -78,11 +85,45 @@ class ResponsesBody(_Body):
     instructions: str | None = None
 
 
+class ScoreBody(_Body):
+    """``/v1/score``: queries against documents (or items), or vLLM's older ``text_1``/``text_2``
+    and ``data_1``/``data_2``; vLLM's request model checks the texts."""
+
+    queries: Any = None
+    documents: Any = None
+    items: Any = None
+    text_1: Any = None
+    text_2: Any = None
+    data_1: Any = None
+    data_2: Any = None
+
+    def pair(self) -> tuple[Any, Any] | None:
+        """The two sides scored against each other, or None when no pair is given."""
+        for first, second in (
+            (self.queries, self.documents),
+            (self.queries, self.items),
+            (self.text_1, self.text_2),
+            (self.data_1, self.data_2),
+        ):
+            if first is not None and second is not None:
+                return first, second
+        return None
+
+
+class RerankBody(_Body):
+    """``/v1/rerank``: one query and the documents to order by relevance to it."""
+
+    query: Any = None
+    documents: Any = None
+
+
 BODY_TYPES: dict[str, type[_Body]] = {
     CHAT_URL: ChatBody,
     COMPLETIONS_URL: CompletionBody,
     EMBEDDINGS_URL: EmbeddingBody,
     RESPONSES_URL: ResponsesBody,
+    SCORE_URL: ScoreBody,
+    RERANK_URL: RerankBody,
 }
 _DECODERS = {url: msgspec.json.Decoder(kind) for url, kind in BODY_TYPES.items()}
 ENVELOPE_DECODER = msgspec.json.Decoder(RequestLine)
@@ -123,6 +164,10 @@ def decode_body(url: str, raw: bytes) -> _Body:
         raise ValueError(problem)
     if isinstance(body, ResponsesBody) and not body.input:
         raise ValueError("`input` is required: a string or a non-empty list of items")
+    if isinstance(body, ScoreBody) and body.pair() is None:
+        raise ValueError("`queries` and `documents` are required")
+    if isinstance(body, RerankBody) and (body.query is None or not body.documents):
+        raise ValueError("`query` and `documents` are required")
     if body.stream:
         raise ValueError("stream=true is not supported in a batch")
     return body
@@ -152,6 +197,14 @@ def prompt_summary(body: _Body) -> tuple[int, str]:
         items = given if isinstance(given, str) else msgspec.json.encode(given).decode()
         whole = (body.instructions or "") + items
         return len(whole), whole[:PREFIX_CHARS]
+    if isinstance(body, ScoreBody | RerankBody):
+        if isinstance(body, RerankBody):
+            first, second = body.query, body.documents
+        else:
+            first, second = body.pair() or (None, None)
+        sides = [side if isinstance(side, list) else [side] for side in (first, second)]
+        total = sum(len(v) for side in sides for v in side if isinstance(v, str))
+        return total, first[:PREFIX_CHARS] if isinstance(first, str) else ""
     value = body.prompt if isinstance(body, CompletionBody) else cast(EmbeddingBody, body).input
     if isinstance(value, str):
         return len(value), value[:PREFIX_CHARS]

@@ -22,7 +22,7 @@ from batch_assets.input.request_schema import (
 )
 from batch_assets.input.shards import ChunkWriter, LineError, ValidLine
 from batch_assets.lifecycle.batches import SourceRef
-from resources.endpoints import SUPPORTED_URLS
+from resources.endpoints import SUPPORTED_URLS, canonical_url
 from resources.engines.base import ServedNames
 from resources.layout import BatchPaths
 from resources.lines import FileRejected, iter_raw_lines, open_input
@@ -101,7 +101,8 @@ class LineValidator:
             return LineError(
                 number, "invalid_method", f"method must be POST, got {request.method!r}", cid
             )
-        if request.url not in SUPPORTED_URLS:
+        url = canonical_url(request.url)  # /score is /v1/score, as in vllm run-batch
+        if url not in SUPPORTED_URLS:
             return LineError(
                 number,
                 "invalid_url",
@@ -109,8 +110,8 @@ class LineValidator:
                 cid,
             )
         if self.endpoint is None:
-            self.endpoint = request.url
-        elif request.url != self.endpoint:
+            self.endpoint = url
+        elif url != self.endpoint:
             return LineError(
                 number,
                 "url_mismatch",
@@ -123,7 +124,7 @@ class LineValidator:
                 cid,
             )
         try:
-            body = decode_body(request.url, request.body)
+            body = decode_body(url, request.body)
         except ValueError as exc:
             return LineError(number, "invalid_body", f"body: {exc}", cid)
         if self.served_models is not None and body.model not in self.served_models:
@@ -132,7 +133,7 @@ class LineValidator:
         chars, prefix = prompt_summary(body)
         raw_body = bytes(request.body)
         if self.estimator is not None:
-            self.estimator.add(request.url, body, raw_body)
+            self.estimator.add(url, body, raw_body)
         body_json = raw_body.decode("utf-8")
         return ValidLine(number, cid, body_json, body.model, chars, prefix)
 

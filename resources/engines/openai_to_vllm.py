@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from resources.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL
+from resources.endpoints import (
+    CHAT_URL,
+    COMPLETIONS_URL,
+    EMBEDDINGS_URL,
+    RESPONSES_URL,
+    SCORING_URLS,
+)
+from resources.engines.vllm_scoring import ScoringLayer
 from resources.engines.vllm_serving import ServingLayer, ServingRejected
 
 if TYPE_CHECKING:
@@ -121,6 +128,7 @@ class RequestBuilder:
         clamp_max_tokens: bool = False,
         serving: ServingLayer | None = None,
         adapters: dict[str, str] | None = None,
+        scoring: ScoringLayer | None = None,
     ):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -137,6 +145,7 @@ class RequestBuilder:
             for number, (name, path) in enumerate((adapters or {}).items(), start=1)
         }
         self.serving = serving
+        self.scoring = scoring
         self.max_model_len: int = llm.model_config.max_model_len
         self.defaults: dict[str, Any] = llm.model_config.get_diff_sampling_param()
         self._final_only = RequestOutputKind.FINAL_ONLY
@@ -178,6 +187,8 @@ class RequestBuilder:
         from vllm.exceptions import VLLMValidationError
 
         try:
+            if endpoint in SCORING_URLS:
+                return self._prepare_scoring(endpoint, body)
             served = self._served(endpoint, body)
             if served:  # rendering adjusts the request: never share a validated one
                 request, settings = self._models[endpoint].model_validate(body), ""
@@ -209,6 +220,15 @@ class RequestBuilder:
             ) from exc
         except (VLLMValidationError, ValueError, TypeError, KeyError) as exc:
             raise RequestRejected.from_engine_error(exc) from exc
+        return prepared
+
+    def _prepare_scoring(self, endpoint: str, body: dict[str, Any]) -> PreparedRequest:
+        """Score and rerank: rendered by vLLM's ServingScores, as vllm serve renders them."""
+        assert self.scoring is not None
+        request = self.scoring.request(endpoint, body)
+        prepared = PreparedRequest(endpoint, request)
+        prepared.serving, prepared.inputs, prepared.params = self.scoring.render(request)
+        prepared.lora = self.loras.get(body.get("model"))  # type: ignore[arg-type]
         return prepared
 
     def _max_tokens(self, prompt_len: int, requested: int | None) -> int:

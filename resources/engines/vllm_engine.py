@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr, field_validator
 
-from resources.endpoints import EMBEDDINGS_URL
+from resources.endpoints import POOLING_URLS, SCORING_URLS
 from resources.engines.base import BatchEngine, LoopStats, RunControl, ServedNames
 from resources.journal import JournalWriter
 from resources.layout import GPU_TAGS, K8S_CONFIG_TAG
@@ -201,17 +201,23 @@ class VLLMEngine(BatchEngine):
         from resources.engines.vllm_to_openai import ResponseBuilder
 
         started = time.monotonic()
-        runner: Runner = "pooling" if endpoint == EMBEDDINGS_URL else "generate"
+        runner: Runner = "pooling" if endpoint in POOLING_URLS else "generate"
         llm = self.load(runner)
         load_s = time.monotonic() - started
         max_num_seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        served = self.served_model_names[0]
         serving = None if runner == "pooling" else self._serving_layer(llm, batch_id)
+        scoring = self._scoring_layer(llm, batch_id) if endpoint in SCORING_URLS else None
         loop = InferenceLoop(
             llm=llm,
             requests=RequestBuilder(
-                llm, clamp_max_tokens=self.clamp_max_tokens, serving=serving, adapters=self.adapters
+                llm,
+                clamp_max_tokens=self.clamp_max_tokens,
+                serving=serving,
+                adapters=self.adapters,
+                scoring=scoring,
             ),
-            responses=ResponseBuilder(self.served_model_names[0], llm.get_tokenizer(), serving),
+            responses=ResponseBuilder(served, llm.get_tokenizer(), serving, scoring),
             journal=journal,
             batch_id=batch_id,
             endpoint=endpoint,
@@ -244,6 +250,19 @@ class VLLMEngine(BatchEngine):
             )
         except (TypeError, KeyError, ValueError) as error:  # e.g. a parser vLLM does not have
             raise dg.Failure(f"batch {batch_id}: the engine's parser settings: {error}") from error
+
+    def _scoring_layer(self, llm: Any, batch_id: str) -> Any:
+        """vLLM's scoring layer (score, rerank) over the pooling engine."""
+        from resources.engines.vllm_scoring import ScoringLayer
+
+        try:
+            return ScoringLayer(llm, self.served_model_names[0])
+        except (AssertionError, ValueError) as error:  # a model that scores nothing
+            raise dg.Failure(
+                f"batch {batch_id}: {self.model} cannot answer score or rerank lines as a "
+                f"pooling model ({type(error).__name__}: {error})",
+                allow_retries=False,
+            ) from error
 
     def _cache_key(self, runner: Runner) -> str:
         return f"{runner}:{self.model_dump_json(exclude=set(_LOOP_ONLY))}"

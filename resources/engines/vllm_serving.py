@@ -19,6 +19,20 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class ThreadLoops:
+    """An event loop per thread, to run vLLM's async serving code to completion from sync code
+    (the request feed and the engine loop run in different threads)."""
+
+    def __init__(self) -> None:
+        self._loops = threading.local()
+
+    def run(self, coroutine: Awaitable[T]) -> T:
+        loop = getattr(self._loops, "loop", None)
+        if loop is None:
+            loop = self._loops.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coroutine)
+
+
 class ServingRejected(Exception):
     """vLLM's serving layer answered with an error (what ``vllm serve`` would answer)."""
 
@@ -100,13 +114,7 @@ class ServingLayer:
             enable_prompt_tokens_details=True,
             **common,
         )
-        self._loops = threading.local()  # the feed and the loop run in different threads
-
-    def _run(self, coroutine: Awaitable[T]) -> T:
-        loop = getattr(self._loops, "loop", None)
-        if loop is None:
-            loop = self._loops.loop = asyncio.new_event_loop()
-        return loop.run_until_complete(coroutine)
+        self._run = ThreadLoops().run
 
     @staticmethod
     def _rejected(answer: Any) -> ServingRejected:

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from resources.endpoints import CHAT_URL, COMPLETIONS_URL, RESPONSES_URL
+from resources.endpoints import CHAT_URL, COMPLETIONS_URL, RESPONSES_URL, SCORING_URLS
 from resources.engines.openai_to_vllm import PreparedRequest
+from resources.engines.vllm_scoring import ScoringLayer
 from resources.engines.vllm_serving import ServingLayer
 
 # vLLM reports -inf for impossible tokens; JSON has no infinity, so clamp as vLLM's server does.
@@ -25,10 +26,17 @@ def _finish_reason(reason: str | None) -> str:
 class ResponseBuilder:
     """Build response bodies for one engine; ``tokenizer`` decodes logprob tokens."""
 
-    def __init__(self, model_name: str, tokenizer: Any, serving: ServingLayer | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        tokenizer: Any,
+        serving: ServingLayer | None = None,
+        scoring: ScoringLayer | None = None,
+    ):
         self.model_name = model_name
         self.tokenizer = tokenizer
         self.serving = serving
+        self.scoring = scoring
 
     def _token_text(self, token_id: int, decoded: str | None) -> str:
         return decoded if decoded is not None else self.tokenizer.decode([token_id])
@@ -102,6 +110,13 @@ class ResponseBuilder:
         """
         # vllm serve reports an adapter's answers under the adapter's name.
         model = prepared.lora.lora_name if prepared.lora is not None else self.model_name
+        if prepared.endpoint in SCORING_URLS:
+            assert self.scoring is not None
+            body = self.scoring.body(prepared.serving, outputs, model)
+            body["id"] = f"score-{response_id}"  # vLLM's prefix for both, with a stable id
+            if "created" in body:
+                body["created"] = created
+            return body
         if prepared.serving is not None:
             assert self.serving is not None
             if prepared.endpoint == RESPONSES_URL:
