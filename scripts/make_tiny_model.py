@@ -4,7 +4,9 @@ The model is for tests and the demo: it is small (a few MB), builds in seconds, 
 greedy output is non-empty and depends on the prompt (special tokens are suppressed in
 the output head, see ../shared/STACK.md). Usage: ``python scripts/make_tiny_model.py DIR``;
 ``--lora DIR`` also writes a tiny LoRA adapter of the model (PEFT's layout, made without PEFT)
-whose greedy answers differ from the base model's.
+whose greedy answers differ from the base model's; ``--vision DIR`` a tiny vision-language model
+(Idefics3: a 2-layer vision encoder on 32-pixel images before the same kind of text model, with
+its processor), which vLLM runs on CPU, and whose greedy answers depend on the image.
 """
 
 import argparse
@@ -161,6 +163,97 @@ def build_lora(model_dir: Path, out_dir: Path, seed: int = 1) -> Path:
     return out_dir
 
 
+# Idefics3's markup: an image becomes <fake_token_around_image><global-img> and image_seq_len
+# <image> tokens (no splitting into tiles here; the tile tokens are there for the processor).
+VISION_TOKENS = [
+    "<fake_token_around_image>",
+    "<image>",
+    "<end_of_utterance>",
+    "<global-img>",
+    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+]
+VISION_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IMAGE_PIXELS = 32
+
+
+def build_vision(model_dir: Path, out_dir: Path, seed: int = 2) -> Path:
+    """Write a tiny random Idefics3 model, with the tokenizer of ``model_dir`` and Idefics3's
+    markup tokens, to ``out_dir``."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+        PreTrainedTokenizerFast,
+    )
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    tokenizer.add_tokens(VISION_TOKENS, special_tokens=True)
+    tokenizer.chat_template = VISION_TEMPLATE
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = Idefics3VisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_PIXELS,
+        patch_size=8,
+        num_channels=3,
+    )
+    config = Idefics3Config(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        scale_factor=2,  # (32 / 8)^2 / 2^2 = 4 image tokens an image
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config)
+    with torch.no_grad():  # as the text model: greedy text non-empty, no markup chosen
+        head = model.lm_head.weight
+        head.mul_(50.0)
+        head[tokenizer.all_special_ids] = 0.0
+        head[len(tokenizer) - len(VISION_TOKENS) :] = 0.0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    images = Idefics3ImageProcessorPil(
+        do_resize=True,
+        size={"longest_edge": IMAGE_PIXELS},
+        do_image_splitting=False,
+        max_image_size={"longest_edge": IMAGE_PIXELS},
+    )
+    processor = Idefics3Processor(
+        image_processor=images, tokenizer=tokenizer, image_seq_len=4, chat_template=VISION_TEMPLATE
+    )
+    processor.save_pretrained(out_dir)
+    (out_dir / "generation_config.json").unlink(missing_ok=True)
+    return out_dir
+
+
 def _version(out_dir: Path) -> int:
     try:
         return int(json.loads((out_dir / "README.md").read_text()).get("version", 1))
@@ -181,6 +274,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
     parser.add_argument("--lora", type=Path, metavar="DIR", help="also write a LoRA adapter here")
+    parser.add_argument(
+        "--vision", type=Path, metavar="DIR", help="also write a vision-language model here"
+    )
     args = parser.parse_args()
     if args.force:
         build(args.out_dir, args.seed)
@@ -189,6 +285,8 @@ def main() -> None:
     print(args.out_dir)
     if args.lora is not None:
         print(build_lora(args.out_dir, args.lora))
+    if args.vision is not None:
+        print(build_vision(args.out_dir, args.vision))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from batch_assets.lifecycle.files import set_file_status
 from batch_assets.lifecycle.throughput import read_runs
 from batch_assets.partitions import batch_partitions, open_batch
 from resources.engines.base import BatchEngine
+from resources.images import ImagePolicy
 from resources.layout import BatchPaths
 from resources.storage import BatchStorage
 
@@ -25,7 +26,10 @@ from resources.storage import BatchStorage
 class InputLimits(dg.Config):
     """Per-file limits; a file over them fails its batch with a readable reason."""
 
-    max_line_bytes: int = Field(default=4 << 20, description="Longest accepted line, in bytes.")
+    max_line_bytes: int = Field(
+        default=32 << 20,
+        description="Longest accepted line, in bytes (room for an image of 20 MB in base64).",
+    )
     max_lines: int = Field(default=1_000_000, description="Most requests in one file.")
     max_file_bytes: int = Field(default=8 << 30, description="Largest accepted file, in bytes.")
     shard_rows: int = Field(default=10_000, description="Lines per parquet shard.")
@@ -72,6 +76,7 @@ def batch_input(
         config.shard_rows,
         config.order_by_prefix,
         engine.GROUPS_LINES_BY_MODEL,
+        ImagePolicy.from_env(),
     )
     batch = read_batch(storage, batch_id)
     served = engine.model_names

@@ -30,14 +30,18 @@ class RequestLine(msgspec.Struct, gc=False):
     body: msgspec.Raw
 
 
-class TextPart(msgspec.Struct, gc=False):
+class ContentPart(msgspec.Struct, gc=False):
+    """A part of a message's content: text, an image (``image_url``), or another kind that
+    vLLM's request model and the chat template judge."""
+
     type: str
     text: str | None = None
+    image_url: Any = None  # {"url": "data:image/png;base64,...", "detail": ...}
 
 
 class ChatMessage(msgspec.Struct, gc=False):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     # Read only to tell a plain message (a role and a text) from one the chat template is
     # given more of; vLLM's request model checks them.
     name: Any = None
@@ -171,6 +175,18 @@ def decode_body(url: str, raw: bytes) -> _Body:
     if body.stream:
         raise ValueError("stream=true is not supported in a batch")
     return body
+
+
+def image_urls(body: ChatBody) -> list[object]:
+    """The ``url`` of every ``image_url`` part of the body's messages."""
+    urls: list[object] = []
+    for message in body.messages:
+        if isinstance(message.content, list):
+            for part in message.content:
+                if part.type == "image_url":
+                    given = part.image_url
+                    urls.append(given.get("url") if isinstance(given, dict) else given)
+    return urls
 
 
 PREFIX_CHARS = 256

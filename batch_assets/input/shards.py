@@ -1,6 +1,7 @@
 """The work area of a batch: request shards and line-error parts, written chunk by chunk.
 
-The input stage cuts the file into chunks of at most ``rows`` lines. Each chunk covers a
+The input stage cuts the file into chunks of at most ``rows`` lines and
+:data:`CHUNK_BODY_BYTES` of request bodies (a file of images has large lines). Each chunk covers a
 contiguous range of input lines and becomes at most two parquet files:
 ``requests/shard-NNNNN.parquet`` (line, custom_id, body) and ``line_errors/part-NNNNN.parquet``
 (line, custom_id, code, message). Memory stays flat however long the file: one chunk is held
@@ -116,6 +117,10 @@ class ChunkStats:
     error_codes: Counter = field(default_factory=Counter)
 
 
+# A chunk's request bodies in memory at most (and so one shard's, when a run reads it back).
+CHUNK_BODY_BYTES = 64 << 20
+
+
 def _prefix(line: ValidLine) -> str:
     return line.prefix
 
@@ -140,6 +145,7 @@ class ChunkWriter:
         self._valid: list[ValidLine] = []
         self._ids: set[str] = set()  # this chunk's custom_ids
         self._errors: list[LineError] = []
+        self._body_bytes = 0  # of this chunk's bodies
 
     def add_valid(self, request: ValidLine) -> None:
         if request.custom_id in self._ids:
@@ -147,6 +153,7 @@ class ChunkWriter:
             return
         self._ids.add(request.custom_id)
         self._valid.append(request)
+        self._body_bytes += len(request.body_json)
         self._maybe_flush()
 
     def add_error(self, error: LineError) -> None:
@@ -154,7 +161,10 @@ class ChunkWriter:
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if len(self._valid) + len(self._errors) >= self.rows:
+        if (
+            len(self._valid) + len(self._errors) >= self.rows
+            or self._body_bytes >= CHUNK_BODY_BYTES
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -175,7 +185,7 @@ class ChunkWriter:
                 self._write_shard()
         if self._errors:
             self._write_errors()
-        self._valid, self._ids, self._errors = [], set(), []
+        self._valid, self._ids, self._errors, self._body_bytes = [], set(), [], 0
 
     def _write_shard(self) -> None:
         # Lines of one model or adapter together (one engine swaps adapters in and out of a few

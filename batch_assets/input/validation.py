@@ -16,14 +16,17 @@ from batch_assets.input.estimate import LineEstimator, TokenEstimate
 from batch_assets.input.manifest import Manifest, ShardRef, write_manifest
 from batch_assets.input.request_schema import (
     ENVELOPE_DECODER,
+    ChatBody,
     RequestLine,
     decode_body,
+    image_urls,
     prompt_summary,
 )
 from batch_assets.input.shards import ChunkWriter, LineError, ValidLine
 from batch_assets.lifecycle.batches import SourceRef
 from resources.endpoints import SUPPORTED_URLS, canonical_url
 from resources.engines.base import ServedNames
+from resources.images import ImagePolicy, image_problem
 from resources.layout import BatchPaths
 from resources.lines import FileRejected, iter_raw_lines, open_input
 from resources.storage import BatchStorage
@@ -39,6 +42,7 @@ class Limits:
     shard_rows: int = 10_000
     order_by_prefix: bool = True
     group_by_model: bool = True  # one engine takes every line: an adapter's lines go together
+    images: ImagePolicy = field(default_factory=ImagePolicy)
 
 
 @dataclass
@@ -69,8 +73,10 @@ class LineValidator:
         served_models: ServedNames | None,
         endpoint: str | None = None,
         estimator: LineEstimator | None = None,
+        images: ImagePolicy | None = None,
     ):
         self.served_models = served_models  # None: the engine's servers decide at run time
+        self.images = images or ImagePolicy()
         self.estimator = estimator
         self.endpoint = endpoint  # declared by the batch (the HTTP API), or the first request's
         self._declared = endpoint is not None
@@ -130,6 +136,10 @@ class LineValidator:
         if self.served_models is not None and body.model not in self.served_models:
             message = self.served_models.not_found(body.model)
             return LineError(number, "model_not_found", message, cid)
+        if isinstance(body, ChatBody):
+            for image in image_urls(body):
+                if problem := image_problem(image, self.images):
+                    return LineError(number, "invalid_image", problem, cid)
         chars, prefix = prompt_summary(body)
         raw_body = bytes(request.body)
         if self.estimator is not None:
@@ -164,7 +174,7 @@ def validate_input(
     storage.delete_prefix(paths.shards)
     storage.delete_prefix(paths.line_errors)
     report = ValidationReport()
-    validator = LineValidator(served_models, endpoint, estimator)
+    validator = LineValidator(served_models, endpoint, estimator, limits.images)
     chunks = ChunkWriter(
         storage, paths, limits.shard_rows, limits.order_by_prefix, limits.group_by_model
     )

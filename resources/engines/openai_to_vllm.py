@@ -21,6 +21,7 @@ from resources.endpoints import (
 )
 from resources.engines.vllm_scoring import ScoringLayer
 from resources.engines.vllm_serving import ServingLayer, ServingRejected
+from resources.images import ImagePolicy, fetch_image
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -112,6 +113,23 @@ def _normalized_messages(messages: list[Any]) -> list[Any]:
     return messages
 
 
+def _fetch_image_urls(messages: Any, policy: ImagePolicy) -> None:
+    """Put each image URL's image in its place as a data: URI, fetched with the policy's
+    timeout and size limit (vLLM would fetch it with neither bound); raises RequestRejected."""
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            image = part.get("image_url") if isinstance(part, dict) else None
+            if not isinstance(image, dict):
+                continue
+            url = image.get("url")
+            if isinstance(url, str) and url.startswith(("https://", "http://")):
+                try:
+                    image["url"] = fetch_image(url, policy)
+                except ValueError as error:
+                    raise RequestRejected(str(error), "messages", "invalid_image") from error
+
+
 class RequestBuilder:
     """Prepare bodies for one loaded engine.
 
@@ -129,6 +147,7 @@ class RequestBuilder:
         serving: ServingLayer | None = None,
         adapters: dict[str, str] | None = None,
         scoring: ScoringLayer | None = None,
+        images: ImagePolicy | None = None,
     ):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -146,6 +165,7 @@ class RequestBuilder:
         }
         self.serving = serving
         self.scoring = scoring
+        self.images = images or ImagePolicy()
         self.max_model_len: int = llm.model_config.max_model_len
         self.defaults: dict[str, Any] = llm.model_config.get_diff_sampling_param()
         self._final_only = RequestOutputKind.FINAL_ONLY
@@ -189,6 +209,8 @@ class RequestBuilder:
         try:
             if endpoint in SCORING_URLS:
                 return self._prepare_scoring(endpoint, body)
+            if endpoint == CHAT_URL and self.images.allow_urls:
+                _fetch_image_urls(body.get("messages"), self.images)
             served = self._served(endpoint, body)
             if served:  # rendering adjusts the request: never share a validated one
                 request, settings = self._models[endpoint].model_validate(body), ""

@@ -25,6 +25,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from resources.endpoints import POOLING_URLS, SCORING_URLS
 from resources.engines.base import BatchEngine, LoopStats, RunControl, ServedNames
+from resources.images import ImagePolicy
 from resources.journal import JournalWriter
 from resources.layout import GPU_TAGS, K8S_CONFIG_TAG
 
@@ -216,6 +217,7 @@ class VLLMEngine(BatchEngine):
                 serving=serving,
                 adapters=self.adapters,
                 scoring=scoring,
+                images=ImagePolicy.from_env(),
             ),
             responses=ResponseBuilder(served, llm.get_tokenizer(), serving, scoring),
             journal=journal,
