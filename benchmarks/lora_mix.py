@@ -1,7 +1,7 @@
 """What LoRA adapters per line cost: one batch of mixed base/adapter lines against the same lines
 all on the base model.
 
-    .venv/bin/python -m benchmarks.lora_mix [--requests 1000] [--repeats 2]
+    .venv/bin/python -m benchmarks.lora_mix [--requests 1000] [--repeats 3]
         [--out docs/lora-mix-cpu.json]
 
 Runs whole batches (validation, inference, results; ``run_file`` on a throwaway Dagster
@@ -10,7 +10,8 @@ instance) in one process, on the tiny model and a tiny rank-8 adapter
 
 - ``base``: every line on the base model, LoRA off (the engine as it was);
 - ``base_lora_on``: every line on the base model, LoRA on (what enabling LoRA costs);
-- ``mixed``: every other line names the adapter (``max_loras`` 1).
+- ``mixed``: every other line names the adapter (``max_loras`` 1);
+- ``adapter``: every line on the adapter.
 
 The sides alternate ``--repeats`` times; the medians and their ratios to ``base`` are reported.
 """
@@ -36,10 +37,11 @@ MODEL = "tiny-chat"
 ADAPTER = "tiny-lora"
 
 
-def _content(requests: int, mixed: bool, max_tokens: int) -> str:
+def _content(requests: int, share: int, max_tokens: int) -> str:
+    """``requests`` lines, ``share`` of every two on the adapter (0, 1 or 2)."""
     lines = []
     for i in range(requests):
-        model = ADAPTER if mixed and i % 2 else MODEL
+        model = ADAPTER if i % 2 < share else MODEL
         body = {
             "model": model,
             "messages": [{"role": "user", "content": f"tell me about river {i}"}],
@@ -82,12 +84,13 @@ def measure(requests: int, repeats: int, max_tokens: int) -> dict[str, Any]:
             **common, lora_modules=[f"{ADAPTER}={adapter}"], max_lora_rank=8, max_loras=1
         )
         sides = {
-            "base": (base, _content(requests, False, max_tokens)),
-            "base_lora_on": (lora, _content(requests, False, max_tokens)),
-            "mixed": (lora, _content(requests, True, max_tokens)),
+            "base": (base, _content(requests, 0, max_tokens)),
+            "base_lora_on": (lora, _content(requests, 0, max_tokens)),
+            "mixed": (lora, _content(requests, 1, max_tokens)),
+            "adapter": (lora, _content(requests, 2, max_tokens)),
         }
         for engine in (base, lora):  # load each engine before any timing
-            _run(engine, _content(8, engine is lora, 4), root, "warm")
+            _run(engine, _content(8, 1 if engine is lora else 0, 4), root, "warm")
         times: dict[str, list[float]] = {name: [] for name in sides}
         for repeat in range(repeats):
             for name, (engine, content) in sides.items():
@@ -106,7 +109,7 @@ def measure(requests: int, repeats: int, max_tokens: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

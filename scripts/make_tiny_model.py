@@ -13,6 +13,7 @@ import argparse
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 # Tools, when a request has them, come first in a system turn (as Hermes-style templates do);
 # an assistant's tool calls render as <tool_call>JSON</tool_call>, which vLLM's hermes parser
@@ -51,11 +52,32 @@ def _corpus(n_lines: int, seed: int) -> list[str]:
     return lines
 
 
+def _text_config(tokenizer: Any, **extra: Any) -> Any:
+    """The tiny Llama text model's config, for ``tokenizer``'s vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
 def build(out_dir: Path, seed: int = 0) -> Path:
     """Write tokenizer and model files to ``out_dir`` and return it."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -79,22 +101,7 @@ def build(out_dir: Path, seed: int = 0) -> Path:
 
     vocab = len(fast)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        torch_dtype="float32",
-    )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(_text_config(fast, torch_dtype="float32"))
     with torch.no_grad():
         # Random weights keep choosing special tokens, which makes greedy text empty;
         # silence them and sharpen the rest so greedy text is non-empty and varied.
@@ -193,27 +200,13 @@ def build_vision(model_dir: Path, out_dir: Path, seed: int = 2) -> Path:
         Idefics3ImageProcessorPil,
         Idefics3Processor,
         Idefics3VisionConfig,
-        LlamaConfig,
         PreTrainedTokenizerFast,
     )
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
     tokenizer.add_tokens(VISION_TOKENS, special_tokens=True)
     tokenizer.chat_template = VISION_TEMPLATE
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = _text_config(tokenizer)
     vision = Idefics3VisionConfig(
         hidden_size=64,
         intermediate_size=128,

@@ -118,7 +118,7 @@ class ChunkStats:
 
 
 # A chunk's request bodies in memory at most (and so one shard's, when a run reads it back).
-CHUNK_BODY_BYTES = 64 << 20
+CHUNK_BODY_BYTES = 16 << 20
 
 
 def _prefix(line: ValidLine) -> str:
