@@ -186,7 +186,7 @@ def test_image_lines_answer_as_vllm_serve_and_bad_images_are_error_lines(
         model=str(vision_model),
         served_model_name=VISION,
         max_model_len=MAX_MODEL_LEN,
-        keep_loaded=False,  # loaded per run: its memory goes back after each
+        keep_loaded=True,
     )
     run = run_batch(content, engine_override=engine)
     answered = {line["custom_id"]: line["response"]["body"] for line in run.output}

@@ -95,7 +95,7 @@ def test_a_batch_mixing_base_and_adapter_lines_answers_each_as_vllm_serve(
         model=str(tiny_model),
         served_model_name=MODEL_NAME,
         max_model_len=MAX_MODEL_LEN,
-        keep_loaded=False,  # used once: its memory goes back after the run
+        keep_loaded=True,
         lora_modules=[f"{ADAPTER}={adapter}"],
         max_lora_rank=8,
         max_loras=1,  # one slot: the adapter is swapped in and out as the lines need it
