@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import dagster as dg
 import pytest
 
 from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, read_jsonl
@@ -54,10 +55,13 @@ def _vllm_run_batch(content: str, tiny_model, tmp_path) -> dict[str, dict]:
 
 @pytest.mark.parametrize(("lines", "kind"), [(SCORE_LINES, "score"), (RERANK_LINES, "rerank")])
 def test_score_and_rerank_lines_answer_as_vllm_run_batch(
-    run_batch, tiny_model, tmp_path, lines, kind
+    run_batch, instance, tiny_model, tmp_path, lines, kind
 ):
     content = _content(lines)
     ours = run_batch(content)
+    # The run itself succeeded, not just the batch (the results step's preview reads the bodies).
+    (latest,) = instance.get_run_records(limit=1)
+    assert latest.dagster_run.status == dg.DagsterRunStatus.SUCCESS
     theirs = _vllm_run_batch(content, tiny_model, tmp_path)
     assert ours.errors == [] and len(ours.output) == len(lines)
     assert ours.batch["endpoint"] == f"/v1/{kind}"

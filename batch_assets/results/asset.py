@@ -230,15 +230,24 @@ def preview_table(rows: list[dict[str, Any]]) -> str:
         if response is None:
             status, text = "invalid", row["error"]["message"]
         else:
-            status = str(response["status_code"])
-            body = response["body"]
-            if "choices" in body:
-                choice = body["choices"][0]
-                text = choice.get("message", {}).get("content") or choice.get("text") or ""
-            elif "data" in body:
-                text = f"embedding[{len(body['data'][0]['embedding'])}]"
-            else:
-                text = body.get("error", {}).get("message", "")
+            status, text = str(response["status_code"]), _preview_text(response["body"])
         text = text.replace("|", "\\|").replace("\n", " ")[:80]
         lines.append(f"| {row.get('custom_id')} | {status} | {text} |")
     return "\n".join(lines)
+
+
+def _preview_text(body: dict[str, Any]) -> str:
+    """A short text of an answer body, whichever endpoint gave it."""
+    if "error" in body:
+        return str((body.get("error") or {}).get("message", ""))
+    if body.get("choices"):
+        choice = body["choices"][0]
+        return choice.get("message", {}).get("content") or choice.get("text") or ""
+    data = body.get("data") or [{}]
+    if "embedding" in data[0]:
+        return f"embedding[{len(data[0]['embedding'])}]"
+    if "score" in data[0]:  # /v1/score
+        return "scores " + ", ".join(f"{d['score']:.4g}" for d in data)
+    if "results" in body:  # /v1/rerank: the documents, most relevant first
+        return "ranked " + ", ".join(str(r["index"]) for r in body["results"])
+    return str(body.get("output_text") or body.get("status") or "")
