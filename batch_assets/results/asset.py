@@ -248,6 +248,7 @@ def _preview_text(body: dict[str, Any]) -> str:
         return f"embedding[{len(data[0]['embedding'])}]"
     if "score" in data[0]:  # /v1/score
         return "scores " + ", ".join(f"{d['score']:.4g}" for d in data)
-    if "results" in body:  # /v1/rerank: the documents, most relevant first
-        return "ranked " + ", ".join(str(r["index"]) for r in body["results"])
+    if body.get("results"):  # /v1/rerank: the documents, most relevant first
+        best = body["results"][0]
+        return f"best {best['relevance_score']:.4g}: {(best.get('document') or {}).get('text')}"
     return str(body.get("output_text") or body.get("status") or "")
