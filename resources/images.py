@@ -41,7 +41,8 @@ class ImagePolicy:
         return cls(allow_urls=allow, max_bytes=max_bytes)
 
 
-def _is_url(reference: str) -> bool:
+def is_url(reference: str) -> bool:
+    """Whether an image reference is a URL to fetch (rather than a data: URI)."""
     return reference.startswith(("https://", "http://"))
 
 
@@ -49,7 +50,7 @@ def image_problem(reference: object, policy: ImagePolicy) -> str | None:
     """Why an ``image_url`` part's ``url`` cannot be used, checked without decoding; or None."""
     if not isinstance(reference, str):
         return "image_url.url must be a string"
-    if _is_url(reference):
+    if is_url(reference):
         if not policy.allow_urls:
             return (
                 f"image URLs are not fetched here ({ALLOW_URLS_ENV} is off): send the image "

@@ -75,7 +75,6 @@ class InferenceLoop:
     # (lines come grouped by model, so that is once per group).
     separate_adapters: bool = False
     _held: Any = field(default=None, init=False)  # the line waiting for the other kind to finish
-    _adapters_running: bool = field(default=False, init=False)
 
     def run(self, pending: Iterable[tuple[int, str]]) -> LoopStats:
         """Answer every ``(line, body_json)`` of ``pending`` and journal the answers.
@@ -108,9 +107,8 @@ class InferenceLoop:
                     break
                 if not exhausted and queued < self.window:
                     idle = not engine.has_unfinished_requests()
-                    if self._held is not None and idle:  # the other kind's turn has come
+                    if self._held is not None and not in_flight:  # the other kind's turn
                         (line, prepared), self._held = self._held, None
-                        self._must_wait(engine, prepared)  # notes the kind now running
                         queued += self._submit(engine, line, prepared, in_flight, stats)
                         idle = False
                     if self._held is None:
@@ -119,7 +117,7 @@ class InferenceLoop:
                                 exhausted = True
                                 break
                             line, prepared = item
-                            if self._must_wait(engine, prepared):
+                            if self._must_wait(prepared, in_flight):
                                 self._held = item
                                 break
                             queued += self._submit(engine, line, prepared, in_flight, stats)
@@ -154,16 +152,17 @@ class InferenceLoop:
             feed.close()
         return control.finish(stats)
 
-    def _must_wait(self, engine: Any, prepared: PreparedRequest | RequestRejected) -> bool:
-        """Whether ``prepared`` must wait for the other kind's requests (see
-        :attr:`separate_adapters`)."""
-        if not self.separate_adapters or not isinstance(prepared, PreparedRequest):
+    def _must_wait(
+        self, prepared: PreparedRequest | RequestRejected, in_flight: dict[int, _InFlight]
+    ) -> bool:
+        """Whether ``prepared`` must wait for the other kind's requests in flight (see
+        :attr:`separate_adapters`); the kind running is that of any line in flight."""
+        if not self.separate_adapters or not in_flight:
             return False
-        adapter = prepared.lora is not None
-        if not engine.has_unfinished_requests():
-            self._adapters_running = adapter
+        if not isinstance(prepared, PreparedRequest):
             return False
-        return adapter != self._adapters_running
+        running = next(iter(in_flight.values())).prepared.lora is not None
+        return (prepared.lora is not None) != running
 
     def _journal(self, record: JournalRecord, stats: LoopStats) -> None:
         self.journal.write(record)

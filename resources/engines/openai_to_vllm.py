@@ -21,7 +21,7 @@ from resources.endpoints import (
 )
 from resources.engines.vllm_scoring import ScoringLayer
 from resources.engines.vllm_serving import ServingLayer, ServingRejected
-from resources.images import ImagePolicy, fetch_image
+from resources.images import ImagePolicy, fetch_image, is_url
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -123,7 +123,7 @@ def _fetch_image_urls(messages: Any, policy: ImagePolicy) -> None:
             if not isinstance(image, dict):
                 continue
             url = image.get("url")
-            if isinstance(url, str) and url.startswith(("https://", "http://")):
+            if isinstance(url, str) and is_url(url):
                 try:
                     image["url"] = fetch_image(url, policy)
                 except ValueError as error:

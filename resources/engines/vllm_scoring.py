@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resources.endpoints import SCORE_URL
-from resources.engines.vllm_serving import ServingRejected, ThreadLoops
+from resources.engines.vllm_serving import ServingRejected, ThreadLoops, serving_models
 
 
 @dataclass
@@ -28,20 +28,15 @@ class ScoringLayer:
 
     def __init__(self, llm: Any, served_model_name: str):
         from pydantic import TypeAdapter
-        from vllm.entrypoints.openai.models.protocol import BaseModelPath
-        from vllm.entrypoints.openai.models.serving import OpenAIServingModels
         from vllm.entrypoints.pooling.scoring.protocol import RerankRequest, ScoreRequest
         from vllm.entrypoints.pooling.scoring.serving import ServingScores
         from vllm.renderers.chat_utils import ChatTemplateConfig
 
         engine = llm.llm_engine
         self.model_name = served_model_name
-        models = OpenAIServingModels(
-            engine, [BaseModelPath(name=served_model_name, model_path=engine.model_config.model)]
-        )
         self.serving = ServingScores(
             engine,
-            models,
+            serving_models(engine, served_model_name),
             supported_tasks=engine.get_supported_tasks(),
             request_logger=None,
             chat_template_config=ChatTemplateConfig(),

@@ -33,6 +33,16 @@ class ThreadLoops:
         return loop.run_until_complete(coroutine)
 
 
+def serving_models(engine: Any, served_model_name: str) -> Any:
+    """vLLM's ``OpenAIServingModels`` of the engine under its served name, as vllm serve
+    builds it for its serving classes (adapters are applied by this project's loop)."""
+    from vllm.entrypoints.openai.models.protocol import BaseModelPath
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+
+    path = BaseModelPath(name=served_model_name, model_path=engine.model_config.model)
+    return OpenAIServingModels(engine, [path])
+
+
 class ServingRejected(Exception):
     """vLLM's serving layer answered with an error (what ``vllm serve`` would answer)."""
 
@@ -67,20 +77,15 @@ class ServingLayer:
         reasoning_parser: str | None,
     ):
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
-        from vllm.entrypoints.openai.models.protocol import BaseModelPath
-        from vllm.entrypoints.openai.models.serving import OpenAIServingModels
         from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
         from vllm.renderers.online_renderer import OnlineRenderer
 
         # The LLMEngine has what the serving classes read of an engine client (model and vLLM
         # config, renderer, input processor); they never generate through it here.
         engine = llm.llm_engine
-        self.model_name = served_model_name
         self.tokenizer = engine.renderer.tokenizer
         self.has_parsers = bool(reasoning_parser or (tool_call_parser and enable_auto_tool_choice))
-        models = OpenAIServingModels(
-            engine, [BaseModelPath(name=served_model_name, model_path=engine.model_config.model)]
-        )
+        models = serving_models(engine, served_model_name)
         common: dict[str, Any] = {
             "request_logger": None,
             "chat_template": None,
