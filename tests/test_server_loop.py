@@ -304,7 +304,7 @@ def test_lines_of_a_busy_model_wait_while_the_other_models_lines_go_ahead(tmp_pa
         (n, json.dumps({"model": "x" if n <= 3 else "other", "messages": [{"content": n}]}))
         for n in range(1, 31)
     ]
-    slow, fast = FakeServer(delay_s=1.0), FakeServer(model="other")
+    slow, fast = FakeServer(delay_s=2.0), FakeServer(model="other")  # a wide margin
     with servers(slow, fast):
         stats, journal = _run(tmp_path, [slow.url, fast.url], lines, window=2)
     assert stats.rejected == 0 and sorted(journal) == list(range(1, 31))
